@@ -1,0 +1,13 @@
+package root
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/medplum-agent/medplum-agent/pkg/cmd/hl7"
+	"github.com/medplum-agent/medplum-agent/pkg/cmdutil"
+)
+
+// addCommands registers the protocol and agent sub-trees.
+func addCommands(root *cobra.Command, f *cmdutil.Factory) {
+	root.AddCommand(hl7.NewCmdHL7(f))
+}

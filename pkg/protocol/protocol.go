@@ -1,0 +1,116 @@
+// Package protocol defines the JSON messages exchanged with a Medplum server on
+// the agent WebSocket (/ws/agent). Every frame is one JSON object tagged by
+// "type"; absent fields are omitted, unknown fields are ignored.
+package protocol
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Message types. The agent always emits these names.
+const (
+	TypeConnectRequest      = "agent:connect:request"
+	TypeConnectResponse     = "agent:connect:response"
+	TypeHeartbeatRequest    = "agent:heartbeat:request"
+	TypeHeartbeatResponse   = "agent:heartbeat:response"
+	TypeTransmitRequest     = "agent:transmit:request"
+	TypeTransmitResponse    = "agent:transmit:response"
+	TypeReloadConfigRequest = "agent:reloadconfig:request"
+	TypeReloadConfigResp    = "agent:reloadconfig:response"
+	TypeUpgradeRequest      = "agent:upgrade:request"
+	TypeUpgradeResponse     = "agent:upgrade:response"
+	TypeLogsRequest         = "agent:logs:request"
+	TypeLogsResponse        = "agent:logs:response"
+	TypeStatsRequest        = "agent:stats:request"
+	TypeStatsResponse       = "agent:stats:response"
+	TypeError               = "agent:error"
+)
+
+// Legacy type names a server may still send to an agent.
+const (
+	legacyConnected = "connected"
+	legacyTransmit  = "transmit"
+	legacyPush      = "push"
+)
+
+// Content types carried in the contentType field.
+const (
+	ContentTypeHL7      = "x-application/hl7-v2+er7"
+	ContentTypeOctet    = "application/octet-stream"
+	ContentTypeASTM     = "x-application/astm-e1394"
+	ContentTypeJSON     = "application/json"
+	ContentTypeFHIRJSON = "application/fhir+json"
+	ContentTypeText     = "text/plain"
+	ContentTypePing     = "x-application/ping"
+	ContentTypeDICOM    = "application/dicom"
+)
+
+// Message is the envelope of every frame. It is flat on purpose: the reference
+// uses one object shape per type, and a flat struct keeps encoding cheap.
+type Message struct {
+	Type        string `json:"type"`
+	Callback    string `json:"callback,omitempty"`
+	AccessToken string `json:"accessToken,omitempty"`
+	AgentID     string `json:"agentId,omitempty"`
+
+	Channel     string `json:"channel,omitempty"`
+	Remote      string `json:"remote,omitempty"`
+	ContentType string `json:"contentType,omitempty"`
+	Body        string `json:"body,omitempty"`
+	StatusCode  int    `json:"statusCode,omitempty"`
+	ReturnAck   string `json:"returnAck,omitempty"`
+
+	// Heartbeat responses carry the sender's version; upgrade requests the target.
+	Version string `json:"version,omitempty"`
+	Force   bool   `json:"force,omitempty"`
+
+	// Logs requests: limit may arrive as a number or (invalid) as a string, so
+	// it is kept raw and validated by the handler. before is an opaque cursor.
+	Limit      json.RawMessage `json:"limit,omitempty"`
+	Before     string          `json:"before,omitempty"`
+	Logs       json.RawMessage `json:"logs,omitempty"`
+	HasMore    *bool           `json:"hasMore,omitempty"`
+	NextBefore string          `json:"nextBefore,omitempty"`
+
+	Stats json.RawMessage `json:"stats,omitempty"`
+}
+
+// Decode parses one frame and maps legacy type aliases to their current names.
+// A frame without a type is an error.
+func Decode(data []byte) (*Message, error) {
+	var m Message
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, err
+	}
+	if m.Type == "" {
+		return &m, fmt.Errorf("message has no type")
+	}
+	m.Type = Canonical(m.Type)
+	return &m, nil
+}
+
+// Canonical maps a legacy message type received by an agent to the current
+// name; other names are returned unchanged.
+func Canonical(t string) string {
+	switch t {
+	case legacyConnected:
+		return TypeConnectResponse
+	case legacyTransmit:
+		return TypeTransmitResponse
+	case legacyPush:
+		return TypeTransmitRequest
+	}
+	return t
+}
+
+// Encode marshals a message. It cannot fail for this struct shape except on
+// invalid raw JSON fields, which is a programming error reported as such.
+func Encode(m *Message) ([]byte, error) {
+	return json.Marshal(m)
+}
+
+// ErrorMessage builds an agent:error reply echoing a callback.
+func ErrorMessage(callback, body string) *Message {
+	return &Message{Type: TypeError, Callback: callback, Body: body}
+}
