@@ -3,6 +3,7 @@ package root
 import (
 	"github.com/spf13/cobra"
 
+	"github.com/medplum-agent/medplum-agent/pkg/cmd/devserver"
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/hl7"
 	"github.com/medplum-agent/medplum-agent/pkg/cmdutil"
 )
@@ -10,4 +11,5 @@ import (
 // addCommands registers the protocol and agent sub-trees.
 func addCommands(root *cobra.Command, f *cmdutil.Factory) {
 	root.AddCommand(hl7.NewCmdHL7(f))
+	root.AddCommand(devserver.NewCmdDevServer(f, nil))
 }
