@@ -70,17 +70,22 @@ func AddServerFlags(cmd *cobra.Command, s *ServerFlags, prefix string) {
 	fl.StringVar(&s.Record, prefix+"record", "", "Append every received transmit to `FILE` as one JSON line")
 }
 
-// Start builds and starts a dev server from the flags. The returned close
-// function stops it and closes the record file.
-func Start(s ServerFlags, logger *slog.Logger) (*devserver.Server, func() error, error) {
-	opt := devserver.Options{Listen: s.Listen, Logger: logger}
-	if s.Config != "" {
-		cfg, err := devserver.LoadConfig(s.Config)
-		if err != nil {
-			return nil, nil, cmdutil.WithCode(cmdutil.ExitConfig, err)
-		}
-		opt.Config = cfg
+// LoadConfig reads --config, or returns the documented defaults.
+func (s ServerFlags) LoadConfig() (*devserver.Config, error) {
+	if s.Config == "" {
+		return devserver.DefaultConfig(), nil
 	}
+	cfg, err := devserver.LoadConfig(s.Config)
+	if err != nil {
+		return nil, cmdutil.WithCode(cmdutil.ExitConfig, err)
+	}
+	return cfg, nil
+}
+
+// Start builds and starts a dev server serving cfg. The returned close
+// function stops it and closes the record file.
+func Start(s ServerFlags, cfg *devserver.Config, logger *slog.Logger) (*devserver.Server, func() error, error) {
+	opt := devserver.Options{Listen: s.Listen, Logger: logger, Config: cfg}
 	var record io.WriteCloser
 	if s.Record != "" {
 		// The record holds message content: owner-only, appended across runs.
@@ -116,7 +121,11 @@ func Start(s ServerFlags, logger *slog.Logger) (*devserver.Server, func() error,
 }
 
 func devServerRun(ctx context.Context, opts *Options) error {
-	srv, closeAll, err := Start(opts.Server, opts.Logger())
+	cfg, err := opts.Server.LoadConfig()
+	if err != nil {
+		return err
+	}
+	srv, closeAll, err := Start(opts.Server, cfg, opts.Logger())
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/devserver"
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/hl7"
+	"github.com/medplum-agent/medplum-agent/pkg/cmd/run"
 	"github.com/medplum-agent/medplum-agent/pkg/cmdutil"
 )
 
@@ -12,4 +13,5 @@ import (
 func addCommands(root *cobra.Command, f *cmdutil.Factory) {
 	root.AddCommand(hl7.NewCmdHL7(f))
 	root.AddCommand(devserver.NewCmdDevServer(f, nil))
+	root.AddCommand(run.NewCmdRun(f, nil))
 }
