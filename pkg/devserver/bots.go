@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -54,16 +55,19 @@ func (s *Server) runBot(agentID, botRef string, m *protocol.Message) *protocol.M
 	return resp
 }
 
+// botIdentifiers is the part of a Bot resource botKind reads.
+type botIdentifiers struct {
+	Identifier []fhir.Identifier `json:"identifier"`
+}
+
 // botKind reads the kind a Bot resource carries under BotKindSystem.
 func (s *Server) botKind(ref string) (string, botKind, error) {
 	id, ok := strings.CutPrefix(ref, "Bot/")
 	if !ok || id == "" {
 		return "", botKind{}, fmt.Errorf("Invalid bot reference %q", ref)
 	}
-	var bot struct {
-		Identifier []fhir.Identifier `json:"identifier"`
-	}
-	if err := s.store.getAs("Bot", id, &bot); err != nil {
+	bot, err := s.botKinds.get(s.store, "Bot", id)
+	if err != nil {
 		return id, botKind{}, fmt.Errorf("Bot/%s: %w", id, err)
 	}
 	for _, ident := range bot.Identifier {
@@ -170,34 +174,71 @@ func (b *cappedBuffer) Write(p []byte) (int, error) {
 	return b.Builder.Write(p)
 }
 
+// auditEvent is the AuditEvent of one Bot execution, typed so that the one
+// written per message is a single json.Marshal.
+type auditEvent struct {
+	ResourceType string        `json:"resourceType"`
+	ID           string        `json:"id"`
+	Meta         fhir.Meta     `json:"meta"`
+	Type         auditCoding   `json:"type"`
+	Subtype      []auditCoding `json:"subtype"`
+	Action       string        `json:"action"`
+	Recorded     string        `json:"recorded"`
+	Period       auditPeriod   `json:"period"`
+	Outcome      string        `json:"outcome"`
+	OutcomeDesc  string        `json:"outcomeDesc"`
+	Agent        []auditAgent  `json:"agent"`
+	Source       auditSource   `json:"source"`
+	Entity       []auditWhat   `json:"entity"`
+}
+
+type auditCoding struct {
+	System  string `json:"system"`
+	Code    string `json:"code"`
+	Display string `json:"display"`
+}
+
+type auditPeriod struct {
+	Start string `json:"start"`
+	End   string `json:"end"`
+}
+
+type auditAgent struct {
+	Who       fhir.Reference `json:"who"`
+	Requestor bool           `json:"requestor"`
+}
+
+type auditSource struct {
+	Observer fhir.Reference `json:"observer"`
+}
+
+type auditWhat struct {
+	What fhir.Reference `json:"what"`
+}
+
 // audit stores the AuditEvent of one Bot execution.
 func (s *Server) audit(agentID, botID string, k botKind, resp *protocol.Message, start time.Time, err error) {
-	outcome, desc := "0", fmt.Sprintf("%s: %d", k.name, resp.StatusCode)
+	outcome, desc := "0", k.name+": "+strconv.Itoa(resp.StatusCode)
 	if err != nil {
 		outcome, desc = "4", fmt.Sprintf("%s: %v", k.name, err)
 	}
-	ae := map[string]any{
-		"resourceType": "AuditEvent",
-		"type": map[string]string{
-			"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation",
-		},
-		"subtype": []map[string]string{{
-			"system": "http://hl7.org/fhir/restful-interaction", "code": "execute", "display": "execute",
-		}},
-		"action":      "E",
-		"recorded":    now(),
-		"period":      map[string]string{"start": start.UTC().Format(time.RFC3339Nano), "end": time.Now().UTC().Format(time.RFC3339Nano)},
-		"outcome":     outcome,
-		"outcomeDesc": desc,
-		"agent":       []map[string]any{{"who": fhir.Reference{Reference: "Bot/" + botID}, "requestor": false}},
-		"source":      map[string]any{"observer": fhir.Reference{Reference: "Agent/" + agentID}},
-		"entity": []map[string]any{
-			{"what": fhir.Reference{Reference: "Agent/" + agentID}},
-			{"what": fhir.Reference{Reference: "Bot/" + botID}},
-		},
-	}
-	if _, err := s.create(ae); err != nil {
-		s.log.Error("cannot store AuditEvent", "err", err)
+	agentRef, botRef := fhir.Reference{Reference: "Agent/" + agentID}, fhir.Reference{Reference: "Bot/" + botID}
+	_, perr := s.store.putNew("AuditEvent", func(id string, meta fhir.Meta) ([]byte, error) {
+		return json.Marshal(auditEvent{
+			ResourceType: "AuditEvent", ID: id, Meta: meta,
+			Type:     auditCoding{"http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation"},
+			Subtype:  []auditCoding{{"http://hl7.org/fhir/restful-interaction", "execute", "execute"}},
+			Action:   "E",
+			Recorded: meta.LastUpdated,
+			Period:   auditPeriod{Start: start.UTC().Format(time.RFC3339Nano), End: time.Now().UTC().Format(time.RFC3339Nano)},
+			Outcome:  outcome, OutcomeDesc: desc,
+			Agent:  []auditAgent{{Who: botRef}},
+			Source: auditSource{Observer: agentRef},
+			Entity: []auditWhat{{What: agentRef}, {What: botRef}},
+		})
+	})
+	if perr != nil {
+		s.log.Error("cannot store AuditEvent", "err", perr)
 	}
 }
 
@@ -215,5 +256,5 @@ func (s *Server) create(v any) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return str(e.res["id"]), nil
+	return str(e.resource()["id"]), nil
 }

@@ -76,7 +76,7 @@ func (s *Server) handleInstance(w http.ResponseWriter, r *http.Request, typ, id 
 		} else if strings.Contains(r.Header.Get("Accept"), "application/fhir+json") {
 			writeEntry(w, http.StatusOK, e, binaryJSON(e))
 		} else {
-			w.Header().Set("Content-Type", str(e.res["contentType"]))
+			w.Header().Set("Content-Type", str(e.resource()["contentType"]))
 			_, _ = w.Write(e.data)
 		}
 	case http.MethodPut:
@@ -113,7 +113,7 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request, typ, id string) {
 	if created {
 		status = http.StatusCreated
 	}
-	w.Header().Set("Location", s.baseURL+"fhir/R4/"+typ+"/"+str(e.res["id"]))
+	w.Header().Set("Location", s.baseURL+"fhir/R4/"+typ+"/"+str(e.resource()["id"]))
 	writeEntry(w, status, e, e.raw)
 }
 
@@ -225,7 +225,7 @@ func (s *Server) bundle(typ string, entries []*entry, total *int) fhir.Bundle {
 	b := fhir.Bundle{ResourceType: "Bundle", Type: typ, Total: total, Entry: []fhir.BundleEntry{}}
 	for _, e := range entries {
 		b.Entry = append(b.Entry, fhir.BundleEntry{
-			FullURL:  s.baseURL + "fhir/R4/" + str(e.res["resourceType"]) + "/" + str(e.res["id"]),
+			FullURL:  s.baseURL + "fhir/R4/" + str(e.resource()["resourceType"]) + "/" + str(e.resource()["id"]),
 			Resource: e.raw,
 		})
 	}
@@ -234,7 +234,7 @@ func (s *Server) bundle(typ string, entries []*entry, total *int) fhir.Bundle {
 
 // writeEntry answers with body, the JSON of e.
 func writeEntry(w http.ResponseWriter, status int, e *entry, body []byte) {
-	if meta, _ := e.res["meta"].(map[string]any); meta != nil {
+	if meta, _ := e.resource()["meta"].(map[string]any); meta != nil {
 		w.Header().Set("ETag", `W/"`+str(meta["versionId"])+`"`)
 	}
 	w.Header().Set("Content-Type", fhirJSON)
@@ -244,8 +244,9 @@ func writeEntry(w http.ResponseWriter, status int, e *entry, body []byte) {
 
 // binaryJSON is a Binary resource with its content inlined as data.
 func binaryJSON(e *entry) []byte {
-	m := make(map[string]any, len(e.res)+1)
-	for k, v := range e.res {
+	res := e.resource()
+	m := make(map[string]any, len(res)+1)
+	for k, v := range res {
 		m[k] = v
 	}
 	m["data"] = base64.StdEncoding.EncodeToString(e.data)

@@ -207,7 +207,7 @@ func (s *Server) selectAgent(id string, search url.Values) (*fhir.Agent, int, *f
 		if len(page) == 0 {
 			return nil, http.StatusNotFound, notFound()
 		}
-		id = str(page[0].res["id"])
+		id = str(page[0].resource()["id"])
 	}
 	var agent fhir.Agent
 	if err := s.store.getAs("Agent", id, &agent); err != nil {
@@ -549,7 +549,7 @@ func (s *Server) handleJobStatus(w http.ResponseWriter, r *http.Request, id stri
 		return
 	}
 	status := http.StatusOK
-	if s := str(e.res["status"]); s == "accepted" || s == "active" {
+	if s := str(e.resource()["status"]); s == "accepted" || s == "active" {
 		status = http.StatusAccepted
 	}
 	writeEntry(w, status, e, e.raw)

@@ -60,6 +60,10 @@ type Server struct {
 	rec    *recorder
 	bots   chan struct{} // semaphore of running Bot executions
 
+	// Typed forms of the resources every transmit reads.
+	agents   decoded[fhir.Agent]
+	botKinds decoded[botIdentifiers]
+
 	ln      net.Listener
 	http    *http.Server
 	baseURL string

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/medplum-agent/medplum-agent/pkg/fhir"
 )
 
 // resourceTypes are the types the FHIR API serves.
@@ -34,10 +36,24 @@ var (
 
 // entry is one stored resource version.
 type entry struct {
-	seq  uint64         // creation order, kept across updates
-	raw  []byte         // the resource JSON, id and meta included
-	res  map[string]any // raw decoded, for search
-	data []byte         // Binary content
+	seq  uint64 // creation order, kept across updates
+	raw  []byte // the resource JSON, id and meta included
+	data []byte // Binary content
+
+	// res is raw decoded, for search and rendering. Server-generated
+	// entries (one AuditEvent per message) decode it only when asked.
+	resOnce sync.Once
+	res     map[string]any
+}
+
+// resource returns the decoded resource.
+func (e *entry) resource() map[string]any {
+	e.resOnce.Do(func() {
+		if e.res == nil {
+			e.res, _ = decodeResource(e.raw)
+		}
+	})
+	return e.res
 }
 
 // store is an in-memory FHIR repository. Entries are immutable once stored,
@@ -100,7 +116,24 @@ func (s *store) put(res map[string]any, data []byte) (e *entry, created bool, er
 	if err != nil {
 		return nil, false, err
 	}
+	return s.insert(typ, id, &entry{raw: raw, res: res, data: data})
+}
 
+// putNew stores a server-generated resource of type typ whose JSON is built
+// by render from a fresh id and meta. It skips the decode/encode round trip
+// of put, which matters for the AuditEvent written for every message.
+func (s *store) putNew(typ string, render func(id string, meta fhir.Meta) ([]byte, error)) (*entry, error) {
+	id := uuid.NewString()
+	raw, err := render(id, fhir.Meta{VersionID: uuid.NewString(), LastUpdated: now()})
+	if err != nil {
+		return nil, err
+	}
+	e, _, err := s.insert(typ, id, &entry{raw: raw})
+	return e, err
+}
+
+// insert makes e the current version of typ/id.
+func (s *store) insert(typ, id string, e *entry) (*entry, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	byID := s.types[typ]
@@ -109,7 +142,6 @@ func (s *store) put(res map[string]any, data []byte) (e *entry, created bool, er
 		s.types[typ] = byID
 	}
 	old := byID[id]
-	e = &entry{raw: raw, res: res, data: data}
 	if old != nil {
 		e.seq = old.seq
 	} else {
@@ -258,7 +290,7 @@ func identifierFilter(v string) func(map[string]any) bool {
 func (s *store) search(typ string, q *query) ([]*entry, int) {
 	var matches []*entry
 	for _, e := range s.all(typ) {
-		if q.matches(e.res) {
+		if q.matches(e.resource()) {
 			matches = append(matches, e)
 		}
 	}
@@ -290,4 +322,43 @@ func str(v any) string {
 func list(v any) []any {
 	l, _ := v.([]any)
 	return l
+}
+
+// decoded caches the typed form of stored resources read on every message
+// (the Agent and its Bots). Entries are immutable, so a cached value stays
+// valid while the store still holds the same entry. Values are shared:
+// callers must not modify them.
+type decoded[T any] struct {
+	mu sync.Mutex
+	m  map[string]cachedValue[T]
+}
+
+type cachedValue[T any] struct {
+	e *entry
+	v T
+}
+
+func (d *decoded[T]) get(st *store, typ, id string) (T, error) {
+	var zero T
+	e, err := st.get(typ, id)
+	if err != nil {
+		return zero, err
+	}
+	d.mu.Lock()
+	c, ok := d.m[id]
+	d.mu.Unlock()
+	if ok && c.e == e {
+		return c.v, nil
+	}
+	var v T
+	if err := json.Unmarshal(e.raw, &v); err != nil {
+		return zero, err
+	}
+	d.mu.Lock()
+	if d.m == nil {
+		d.m = map[string]cachedValue[T]{}
+	}
+	d.m[id] = cachedValue[T]{e: e, v: v}
+	d.mu.Unlock()
+	return v, nil
 }

@@ -49,11 +49,14 @@ var upgrader = websocket.Upgrader{
 }
 
 // agentConn is one agent socket. The reader runs in the HTTP handler
-// goroutine; every write goes through out to the single writer goroutine.
+// goroutine. Frames queued on out are written by the writer goroutine;
+// answers of the built-in bots are written at once by the reader (no
+// goroutine hand-off on the hot path). wmu serialises the two writers.
 type agentConn struct {
 	s       *Server
 	ws      *websocket.Conn
 	out     chan []byte
+	wmu     sync.Mutex
 	done    chan struct{}
 	once    sync.Once
 	agentID string // guarded by s.mu; "" until a successful connect
@@ -108,10 +111,7 @@ func (c *agentConn) writer() {
 	for {
 		select {
 		case b := <-c.out:
-			_ = c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if err := c.ws.WriteMessage(websocket.TextMessage, b); err != nil {
-				c.s.log.Debug("agent socket write failed", "err", err)
-				c.close()
+			if !c.write(b) {
 				return
 			}
 		case <-c.done:
@@ -132,6 +132,19 @@ func (c *agentConn) reader() {
 		}
 		c.handle(data)
 	}
+}
+
+// write sends one frame now; a failure closes the socket.
+func (c *agentConn) write(b []byte) bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if err := c.ws.WriteMessage(websocket.TextMessage, b); err != nil {
+		c.s.log.Debug("agent socket write failed", "err", err)
+		c.close()
+		return false
+	}
+	return true
 }
 
 // send queues a frame; it blocks while the queue is full and reports false
@@ -220,7 +233,6 @@ func (c *agentConn) connect(m *protocol.Message) {
 func (c *agentConn) transmit(m *protocol.Message) {
 	s := c.s
 	agentID := s.agentOf(c)
-	var agent fhir.Agent
 	switch {
 	case agentID == "":
 		c.sendError(errNotConnected)
@@ -238,7 +250,8 @@ func (c *agentConn) transmit(m *protocol.Message) {
 		c.sendError(errInvalidToken)
 		return
 	}
-	if err := s.store.getAs("Agent", agentID, &agent); err != nil {
+	agent, err := s.agents.get(s.store, "Agent", agentID)
+	if err != nil {
 		c.sendError(err.Error())
 		return
 	}
@@ -254,12 +267,21 @@ func (c *agentConn) transmit(m *protocol.Message) {
 	if observe != nil {
 		observe(agentID, m)
 	}
+	bot := agent.Channel[i].TargetReference.Reference
+	if override == nil {
+		if _, kind, err := s.botKind(bot); err != nil || kind.name != "exec" {
+			// Built-in bots answer in microseconds: run them here, in order.
+			if b, err := protocol.Encode(s.runBot(agentID, bot, m)); err == nil {
+				c.write(b)
+			}
+			return
+		}
+	}
 	select {
 	case s.bots <- struct{}{}:
 	case <-c.done:
 		return
 	}
-	bot := agent.Channel[i].TargetReference.Reference
 	if !s.track(func() {
 		defer func() { <-s.bots }()
 		var resp *protocol.Message

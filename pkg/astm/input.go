@@ -1,0 +1,93 @@
+package astm
+
+import (
+	"bytes"
+	"fmt"
+)
+
+// InputFormat is a replay input format.
+type InputFormat int
+
+const (
+	InputRecords  InputFormat = iota // E1394 text, one record per line
+	InputRaw                         // instrument bytes as on the wire
+	InputMnemonic                    // the same in "<STX>" notation
+	InputScript                      // a scripted conversation (ParseScript)
+)
+
+var inputFormatNames = [...]string{"records", "raw", "mnemonic", "script"}
+
+func (f InputFormat) String() string {
+	if f < 0 || int(f) >= len(inputFormatNames) {
+		return fmt.Sprintf("InputFormat(%d)", int(f))
+	}
+	return inputFormatNames[f]
+}
+
+// ParseInputFormat returns the InputFormat named "records", "raw",
+// "mnemonic" or "script".
+func ParseInputFormat(name string) (InputFormat, error) {
+	for i, n := range inputFormatNames {
+		if n == name {
+			return InputFormat(i), nil
+		}
+	}
+	return 0, fmt.Errorf("astm: unknown format %q (want records, raw, mnemonic or script)", name)
+}
+
+// DetectInputFormat guesses the format of replay input: raw when the first
+// non-blank byte is ENQ or STX, script when the first line that is neither
+// blank nor a comment starts with "@ " or "> ", mnemonic when the text
+// contains <ENQ> or <STX>, records otherwise.
+func DetectInputFormat(data []byte) InputFormat {
+	if t := bytes.TrimLeft(data, " \t\r\n\x00"); len(t) > 0 && (t[0] == ENQ || t[0] == STX) {
+		return InputRaw
+	}
+	for _, line := range bytes.FieldsFunc(data, func(r rune) bool { return r == '\n' || r == '\r' }) {
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 || line[0] == '#' {
+			continue
+		}
+		if bytes.HasPrefix(line, []byte("@ ")) || bytes.HasPrefix(line, []byte("> ")) {
+			return InputScript
+		}
+		break
+	}
+	if bytes.Contains(data, []byte("<ENQ>")) || bytes.Contains(data, []byte("<STX>")) {
+		return InputMnemonic
+	}
+	return InputRecords
+}
+
+// ParseTranscript splits records input into transmissions of records. Lines
+// end with LF, CR LF or CR; a blank line ends a transmission; lines starting
+// with '#' are comments. Record bytes are kept as they are.
+func ParseTranscript(data []byte) [][][]byte {
+	var out [][][]byte
+	var cur [][]byte
+	for rest := data; len(rest) > 0; {
+		line := rest
+		rest = nil
+		if end := bytes.IndexAny(line, "\r\n"); end >= 0 {
+			sep := 1
+			if line[end] == '\r' && end+1 < len(line) && line[end+1] == '\n' {
+				sep = 2
+			}
+			line, rest = line[:end], line[end+sep:]
+		}
+		switch {
+		case len(bytes.TrimSpace(line)) == 0:
+			if len(cur) > 0 {
+				out = append(out, cur)
+				cur = nil
+			}
+		case line[0] == '#':
+		default:
+			cur = append(cur, line)
+		}
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out
+}
