@@ -1,0 +1,359 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/medplum-agent/medplum-agent/pkg/agent/rtt"
+	"github.com/medplum-agent/medplum-agent/pkg/hl7"
+	"github.com/medplum-agent/medplum-agent/pkg/hl7/charset"
+	"github.com/medplum-agent/medplum-agent/pkg/mllp"
+	"github.com/medplum-agent/medplum-agent/pkg/protocol"
+)
+
+var hl7Kind = &channelKind{scheme: "mllp", label: "HL7", parse: parseHL7Params, open: openHL7}
+
+// deviceWriteTimeout bounds one write to a device. A device that stops
+// reading holds up response routing this long at most; its connection is
+// then closed and it resends what was not acknowledged.
+const deviceWriteTimeout = 5 * time.Second
+
+// maxLoggedBadFrame bounds how much of an undecodable frame goes to the
+// channel log.
+const maxLoggedBadFrame = 4 << 10
+
+// errInvalidHL7 is the reference's text for a response body that is not HL7.
+var errInvalidHL7 = errors.New("Invalid HL7 message")
+
+type enhancedMode uint8
+
+const (
+	enhancedOff      enhancedMode = iota
+	enhancedStandard              // CA on receipt; app ACKs filtered by appLevelAck
+	enhancedAA                    // AA on receipt; app ACKs never forwarded
+)
+
+// hl7Params are the URL parameters of an mllp:// address (§3.2).
+type hl7Params struct {
+	encoding       string
+	enhanced       enhancedMode
+	appLevelAck    string // AL, ER, NE or SU
+	assignSeqNo    bool
+	messagesPerMin int           // 0: no throttle
+	idleTimeout    time.Duration // 0: none; our extension, in seconds on the URL
+}
+
+func parseHL7Params(q url.Values) (any, []issue) {
+	p := &hl7Params{encoding: mllp.DefaultEncoding, appLevelAck: "AL"}
+	var issues []issue
+	if v := q.Get("encoding"); v != "" {
+		// A wrong charset would silently corrupt message text, so unlike the
+		// other parameters it has no fallback.
+		if _, err := charset.Lookup(v); err != nil {
+			issues = append(issues, problem("Unsupported encoding '%s'", v))
+		}
+		p.encoding = v
+	}
+	switch v := q.Get("enhanced"); strings.ToLower(v) {
+	case "":
+	case "true":
+		p.enhanced = enhancedStandard
+	case "aa":
+		p.enhanced = enhancedAA
+	default:
+		issues = append(issues, warning("Invalid enhanced value '%s'; expected 'true' or 'aa'. Using standard mode (enhanced mode disabled).", v))
+	}
+	if v := q.Get("appLevelAck"); v != "" {
+		switch u := strings.ToUpper(v); u {
+		case "AL", "ER", "NE", "SU":
+			p.appLevelAck = u
+		default:
+			issues = append(issues, warning("Invalid appLevelAck value '%s'; expected one of AL, ER, NE, SU. Using AL.", v))
+		}
+	}
+	p.assignSeqNo = strings.EqualFold(q.Get("assignSeqNo"), "true")
+	if v := q.Get("messagesPerMin"); v != "" {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+			p.messagesPerMin = n
+		} else {
+			issues = append(issues, warning("Invalid messagesPerMin: '%s'; must be a valid integer. Creating channel without a set messagesPerMin...", v))
+		}
+	}
+	if v := q.Get("idleTimeout"); v != "" {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+			p.idleTimeout = time.Duration(n) * time.Second
+		} else {
+			issues = append(issues, warning("Invalid idleTimeout: '%s'; must be a whole number of seconds. Creating channel without an idle timeout...", v))
+		}
+	}
+	return p, issues
+}
+
+// forwards applies the ACK policy of §3.2 to a response whose MSA-1 is code.
+func (p *hl7Params) forwards(code hl7.AckCode) bool {
+	if code != hl7.AA && code != hl7.AE && code != hl7.AR {
+		return true // not an application ACK (CA, no MSA, ...): always forwarded
+	}
+	switch p.enhanced {
+	case enhancedOff:
+		return true
+	case enhancedAA:
+		return false
+	}
+	switch p.appLevelAck {
+	case "NE":
+		return false
+	case "ER":
+		return code != hl7.AA
+	case "SU":
+		return code == hl7.AA
+	}
+	return true
+}
+
+// hl7Channel is an MLLP listener whose messages go to the server and whose
+// server responses go back to the connection they came from.
+type hl7Channel struct {
+	a     *Agent
+	name  string      // fixed: a renamed channel is a new channel
+	cfg   channelSpec // touched under the agent's apply lock only
+	log   *slog.Logger
+	chLog *slog.Logger
+	rtt   *rtt.Tracker
+
+	params  atomic.Pointer[hl7Params]
+	srv     atomic.Pointer[mllp.Server]
+	seq     atomic.Int64 // next MSH-13 value
+	conns   atomic.Int64
+	quit    chan struct{} // closed by stop: ends throttle waits
+	serving sync.WaitGroup
+
+	mu           sync.Mutex
+	lastDispatch map[*mllp.Conn]time.Time // messagesPerMin state
+}
+
+func openHL7(a *Agent, s channelSpec) channel {
+	ch := &hl7Channel{
+		a:            a,
+		name:         s.name,
+		cfg:          s,
+		log:          a.log.With("channel", s.name),
+		chLog:        a.chLog.With("channel", s.name),
+		rtt:          rtt.New(rtt.Options{}),
+		quit:         make(chan struct{}),
+		lastDispatch: make(map[*mllp.Conn]time.Time),
+	}
+	ch.params.Store(s.params.(*hl7Params))
+	return ch
+}
+
+func (ch *hl7Channel) spec() channelSpec { return ch.cfg }
+
+func (ch *hl7Channel) start() error {
+	p := ch.params.Load()
+	srv := &mllp.Server{
+		Handler:      ch.onMessage,
+		OnBadFrame:   ch.onBadFrame,
+		OnConnect:    ch.onConnect,
+		OnDisconnect: ch.onDisconnect,
+		Encoding:     p.encoding,
+		IdleTimeout:  p.idleTimeout,
+		WriteTimeout: deviceWriteTimeout,
+	}
+	if err := srv.Listen(listenAddr(ch.cfg.port)); err != nil {
+		return bindError(ch.cfg.name, ch.cfg.port, err)
+	}
+	ch.srv.Store(srv)
+	ch.serving.Add(1)
+	go func() {
+		defer ch.serving.Done()
+		if err := srv.Serve(); err != nil {
+			ch.log.Error("Channel stopped accepting connections", "err", err)
+		}
+	}()
+	ch.log.Info("Channel started", "address", ch.cfg.address)
+	return nil
+}
+
+func (ch *hl7Channel) reconfigure(s channelSpec) error {
+	old, p := ch.params.Load(), s.params.(*hl7Params)
+	ch.cfg = s
+	if !p.assignSeqNo {
+		ch.seq.Store(0)
+	}
+	ch.params.Store(p)
+	ch.log.Info("Channel reconfigured", "address", s.address)
+	if p.idleTimeout != old.idleTimeout {
+		// The listener fixes a connection's idle timeout when it accepts it,
+		// so a new timeout needs a new listener (and new connections).
+		ch.srv.Load().Close()
+		ch.serving.Wait()
+		return ch.start()
+	}
+	return ch.srv.Load().SetEncoding(p.encoding)
+}
+
+func (ch *hl7Channel) stop(ctx context.Context) {
+	close(ch.quit)
+	if srv := ch.srv.Load(); srv != nil {
+		if err := srv.Shutdown(ctx); err != nil {
+			ch.log.Warn("Closed connections with exchanges still in progress", "err", err)
+		}
+	}
+	ch.serving.Wait()
+	ch.log.Info("Channel stopped")
+}
+
+func (ch *hl7Channel) onConnect(c *mllp.Conn) {
+	ch.conns.Add(1)
+	if ch.a.draining() {
+		c.Close()
+		return
+	}
+	ch.log.Info("HL7 connection established", "remote", c.RemoteAddr())
+}
+
+func (ch *hl7Channel) onDisconnect(c *mllp.Conn, err error) {
+	ch.conns.Add(-1)
+	ch.mu.Lock()
+	delete(ch.lastDispatch, c)
+	ch.mu.Unlock()
+	switch {
+	case errors.Is(err, mllp.ErrIdleTimeout):
+		ch.log.Info("Closing idle connection", "remote", c.RemoteAddr())
+	case err != nil:
+		ch.log.Warn("HL7 connection error", "remote", c.RemoteAddr(), "err", err)
+		fallthrough
+	default:
+		ch.log.Info("Closing connection", "remote", c.RemoteAddr())
+	}
+}
+
+func (ch *hl7Channel) onBadFrame(c *mllp.Conn, payload []byte, err error) {
+	ch.log.Error("HL7 error occurred - check channel logs", "remote", c.RemoteAddr(), "err", err)
+	ch.chLog.Error("HL7 error", "remote", c.RemoteAddr(), "err", err,
+		"payload", string(payload[:min(len(payload), maxLoggedBadFrame)]))
+}
+
+// onMessage is the inbound hot path: one call per message, sequential per
+// connection, on that connection's goroutine.
+func (ch *hl7Channel) onMessage(c *mllp.Conn, m *hl7.Message) {
+	p := ch.params.Load()
+	if p.messagesPerMin > 0 && !ch.throttle(c, time.Minute/time.Duration(p.messagesPerMin)) {
+		return
+	}
+	if ch.a.draining() {
+		// Shutting down: left unacknowledged, so the device sends it again
+		// to the next instance.
+		return
+	}
+	id, remote := m.ControlID(), c.RemoteAddr()
+	ch.chLog.LogAttrs(context.Background(), slog.LevelInfo, "Received",
+		slog.String("remote", remote), slog.String("id", id), slog.String("body", m.String()))
+	if p.assignSeqNo {
+		seq := strconv.FormatInt(ch.seq.Add(1)-1, 10)
+		if err := m.SetRaw("MSH-13", seq); err != nil {
+			ch.log.Error("Cannot set sequence number", "remote", remote, "err", err)
+		}
+	}
+	ch.rtt.Sent(id)
+	err := ch.a.deliver(&protocol.Message{
+		Type:        protocol.TypeTransmitRequest,
+		Channel:     ch.name,
+		Remote:      remote,
+		ContentType: protocol.ContentTypeHL7,
+		Body:        m.String(),
+		Callback:    ch.a.newCallback(),
+	})
+	if err != nil {
+		// Refused before anything was acknowledged: ask the device to resend.
+		ch.rtt.Forget(id)
+		ch.log.Warn("Message not accepted; asking the sender to resend", "remote", remote, "err", err)
+		code := hl7.AR
+		if p.enhanced == enhancedStandard {
+			code = hl7.CE
+		}
+		ch.send(c, hl7.BuildAck(m, code, hl7.AckOptions{Text: "Message not accepted, please resend"}))
+		return
+	}
+	switch p.enhanced {
+	case enhancedStandard:
+		ch.send(c, hl7.BuildAck(m, hl7.CA, hl7.AckOptions{}))
+	case enhancedAA:
+		ch.send(c, hl7.BuildAck(m, hl7.AA, hl7.AckOptions{}))
+	}
+}
+
+// throttle waits until interval has passed since the previous message of c
+// was dispatched. It reports false if the channel stopped meanwhile.
+func (ch *hl7Channel) throttle(c *mllp.Conn, interval time.Duration) bool {
+	ch.mu.Lock()
+	last, seen := ch.lastDispatch[c]
+	ch.mu.Unlock()
+	if wait := time.Until(last.Add(interval)); seen && wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ch.quit:
+			return false
+		case <-ch.a.drainCh:
+			return false
+		}
+	}
+	ch.mu.Lock()
+	ch.lastDispatch[c] = time.Now()
+	ch.mu.Unlock()
+	return true
+}
+
+// send writes m to the device; on failure the connection is closed, since
+// a half-written frame leaves it unusable.
+func (ch *hl7Channel) send(c *mllp.Conn, m *hl7.Message) bool {
+	if err := c.Send(m); err != nil {
+		ch.log.Warn("Failed to send to device; closing the connection", "remote", c.RemoteAddr(), "err", err)
+		c.Close()
+		return false
+	}
+	return true
+}
+
+func (ch *hl7Channel) handleResponse(m *protocol.Message) error {
+	c := ch.srv.Load().Conn(m.Remote)
+	if c == nil {
+		ch.log.Warn("Attempted to send message to disconnected remote: " + m.Remote)
+		return nil
+	}
+	ack, err := hl7.Parse(m.Body)
+	if err != nil {
+		return errInvalidHL7
+	}
+	id := ack.Get("MSA-2")
+	code := hl7.AckCode(strings.ToUpper(string(hl7.AckCodeOf(ack))))
+	if !ch.params.Load().forwards(code) {
+		ch.chLog.Debug("Skipping ACK", "remote", m.Remote, "id", id, "code", code)
+		// The exchange is complete even though nothing goes to the device.
+		ch.rtt.Acked(id)
+		return nil
+	}
+	ch.chLog.LogAttrs(context.Background(), slog.LevelInfo, "Sending ACK",
+		slog.String("remote", m.Remote), slog.String("id", id), slog.String("body", m.Body))
+	if ch.send(c, ack) {
+		ch.rtt.Acked(id)
+	}
+	return nil
+}
+
+// gc drops RTT entries that never got a response.
+func (ch *hl7Channel) gc() {
+	if dropped := ch.rtt.GC(); len(dropped) > 0 {
+		ch.log.Warn("Cleaning up pending messages; never got a response", "count", len(dropped))
+	}
+}

@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/medplum-agent/medplum-agent/pkg/agent/rtt"
+	"github.com/medplum-agent/medplum-agent/pkg/logging"
+	"github.com/medplum-agent/medplum-agent/pkg/protocol"
+)
+
+// upgradeUnsupported answers agent:upgrade:request: upgrades are done by
+// the package manager or installer, not by the agent itself.
+var upgradeUnsupported = func() string {
+	if runtime.GOOS == "windows" {
+		return "Auto-upgrading is not supported by this agent; install the new version instead"
+	}
+	return "Auto-upgrading is currently only supported on Windows"
+}()
+
+// submit queues a server operation that may take a while, so the link's
+// dispatch goroutine stays free for message routing.
+func (a *Agent) submit(m *protocol.Message, run func(*protocol.Message)) {
+	select {
+	case a.ops <- func() { run(m) }:
+	default:
+		a.sendControl(protocol.ErrorMessage(m.Callback, "Agent is busy with earlier requests; try again later"))
+	}
+}
+
+func (a *Agent) runOps() {
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case op := <-a.ops:
+			op()
+		}
+	}
+}
+
+func (a *Agent) replyReload(m *protocol.Message) {
+	ctx, cancel := context.WithTimeout(a.ctx, reloadTimeout)
+	defer cancel()
+	if err := a.Reload(ctx); err != nil {
+		a.sendControl(protocol.ErrorMessage(m.Callback, err.Error()))
+		return
+	}
+	a.sendControl(&protocol.Message{Type: protocol.TypeReloadConfigResp, StatusCode: http.StatusOK, Callback: m.Callback})
+}
+
+func (a *Agent) replyLogs(m *protocol.Message) {
+	limit, err := logging.ParseLimit(m.Limit)
+	if err != nil {
+		a.sendControl(protocol.ErrorMessage(m.Callback, err.Error()))
+		return
+	}
+	if a.opt.MainLog == nil {
+		a.sendControl(protocol.ErrorMessage(m.Callback, logging.ErrFetchUnsupported.Error()))
+		return
+	}
+	entries, hasMore, next, err := a.opt.MainLog.Fetch(limit, m.Before)
+	if err != nil {
+		a.sendControl(protocol.ErrorMessage(m.Callback, err.Error()))
+		return
+	}
+	if entries == nil {
+		entries = []json.RawMessage{} // "logs" is always an array
+	}
+	logs, err := json.Marshal(entries)
+	if err != nil {
+		a.sendControl(protocol.ErrorMessage(m.Callback, err.Error()))
+		return
+	}
+	a.sendControl(&protocol.Message{
+		Type: protocol.TypeLogsResponse, StatusCode: http.StatusOK, Callback: m.Callback,
+		Logs: logs, HasMore: &hasMore, NextBefore: next,
+	})
+}
+
+// stats is the agent:stats:response object (§5.4).
+type stats struct {
+	HL7ConnectionsOpen  int64 `json:"hl7ConnectionsOpen"`
+	Ping                int64 `json:"ping"`
+	WebSocketQueueDepth int   `json:"webSocketQueueDepth"`
+	// HL7QueueDepth is always 0: responses are written to devices as they
+	// arrive, with no queue in between.
+	HL7QueueDepth         int                     `json:"hl7QueueDepth"`
+	HL7ClientCount        int                     `json:"hl7ClientCount"`
+	Live                  bool                    `json:"live"`
+	OutstandingHeartbeats int                     `json:"outstandingHeartbeats"`
+	ChannelStats          map[string]channelStats `json:"channelStats"`
+	ClientStats           map[string]channelStats `json:"clientStats"`
+}
+
+type channelStats struct {
+	RTT rtt.Stats `json:"rtt"`
+}
+
+func (a *Agent) stats() *stats {
+	s := &stats{
+		Ping:                  a.link.Ping(),
+		WebSocketQueueDepth:   a.link.QueueDepth(),
+		Live:                  a.link.Live(),
+		OutstandingHeartbeats: a.link.OutstandingHeartbeats(),
+		ChannelStats:          map[string]channelStats{},
+		ClientStats:           map[string]channelStats{},
+	}
+	for name, ch := range *a.chans.Load() {
+		if h, ok := ch.(*hl7Channel); ok {
+			s.HL7ConnectionsOpen += h.conns.Load()
+			s.ChannelStats[name] = channelStats{RTT: h.rtt.Stats()}
+		}
+	}
+	return s
+}
+
+func (a *Agent) replyStats(m *protocol.Message) {
+	b, err := json.Marshal(a.stats())
+	if err != nil {
+		a.sendControl(protocol.ErrorMessage(m.Callback, err.Error()))
+		return
+	}
+	a.sendControl(&protocol.Message{Type: protocol.TypeStatsResponse, StatusCode: http.StatusOK, Callback: m.Callback, Stats: b})
+}
+
+// periodic runs housekeeping on every heartbeat tick (RTT garbage
+// collection) and logs stats every logStatsFreqSecs when that is set.
+func (a *Agent) periodic() {
+	tick := time.NewTicker(a.opt.HeartbeatPeriod)
+	defer tick.Stop()
+	var statsTick *time.Ticker
+	var statsC <-chan time.Time
+	resetStats := func() {
+		if statsTick != nil {
+			statsTick.Stop()
+			statsTick, statsC = nil, nil
+		}
+		if d := time.Duration(a.statsEvery.Load()); d > 0 {
+			statsTick = time.NewTicker(d)
+			statsC = statsTick.C
+		}
+	}
+	resetStats()
+	defer func() {
+		if statsTick != nil {
+			statsTick.Stop()
+		}
+	}()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-tick.C:
+			for _, ch := range *a.chans.Load() {
+				if h, ok := ch.(*hl7Channel); ok {
+					h.gc()
+				}
+			}
+		case <-a.statsKick:
+			resetStats()
+		case <-statsC:
+			a.log.Info("Agent stats", "stats", a.stats())
+		}
+	}
+}

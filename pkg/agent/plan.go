@@ -1,0 +1,208 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/medplum-agent/medplum-agent/pkg/fhir"
+)
+
+// issue is one finding of validation.
+type issue struct {
+	severity severity
+	text     string
+}
+
+type severity int8
+
+const (
+	// isNotice is worth logging but is no fault (a channel switched off).
+	isNotice severity = iota
+	// isWarning is logged and a default used, unless the
+	// strictConfigValidation setting promotes it to an error.
+	isWarning
+	isError
+)
+
+func problem(format string, a ...any) issue { return issue{isError, fmt.Sprintf(format, a...)} }
+func warning(format string, a ...any) issue { return issue{isWarning, fmt.Sprintf(format, a...)} }
+func notice(format string, a ...any) issue  { return issue{isNotice, fmt.Sprintf(format, a...)} }
+
+// settings are the agent-wide Agent.setting values this package acts on.
+type settings struct {
+	logStatsEvery time.Duration // 0: off
+	strict        bool
+}
+
+func parseSettings(list []fhir.AgentSetting) (settings, []issue) {
+	var s settings
+	var issues []issue
+	find := func(name string) *fhir.AgentSetting {
+		for i := range list {
+			if list[i].Name == name {
+				return &list[i]
+			}
+		}
+		return nil
+	}
+	if v := find("logStatsFreqSecs"); v != nil && v.ValueInteger != nil {
+		if n := *v.ValueInteger; n < 0 {
+			issues = append(issues, warning("Invalid logStatsFreqSecs setting '%d'; expected a non-negative integer. Ignoring.", n))
+		} else {
+			s.logStatsEvery = time.Duration(n) * time.Second
+		}
+	}
+	if v := find("strictConfigValidation"); v != nil && v.ValueBoolean != nil {
+		s.strict = *v.ValueBoolean
+	}
+	return s, issues
+}
+
+// channelSpec is a validated channel: what to run, under which name.
+type channelSpec struct {
+	name    string
+	address string
+	kind    *channelKind
+	port    int
+	params  any // the kind's parsed URL parameters
+}
+
+// plan is a fully validated configuration: the state the agent should be
+// in, not a diff, so it can be applied again later to roll back.
+type plan struct {
+	active   bool // Agent.status is not "off"
+	settings settings
+	channels []channelSpec
+	warnings []string // notices and warnings, logged when the plan is applied
+
+	// The documents the plan was built from, kept for the snapshot.
+	agent     json.RawMessage
+	endpoints []json.RawMessage
+}
+
+const maxPort = 65535
+
+// buildPlan validates an Agent and its Endpoints (aligned with
+// agent.Channel; nil where the read failed) and returns the plan, or a
+// *ConfigError listing every error. It has no side effects.
+func buildPlan(agent *fhir.Agent, endpoints []*fhir.Endpoint) (*plan, error) {
+	p := &plan{active: agent.Status != "off"}
+	st, issues := parseSettings(agent.Setting)
+	p.settings = st
+	if !p.active {
+		issues = append(issues, notice("Agent status is currently 'off'. All channels are disconnected until status is set back to 'active'"))
+	} else {
+		var chIssues []issue
+		p.channels, chIssues = validateChannels(agent.Channel, endpoints)
+		issues = append(issues, chIssues...)
+	}
+	var errs []string
+	for _, is := range issues {
+		if is.severity == isNotice || is.severity == isWarning && !st.strict {
+			p.warnings = append(p.warnings, is.text)
+		} else {
+			errs = append(errs, is.text)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, &ConfigError{Problems: errs}
+	}
+	return p, nil
+}
+
+// validateChannels checks every channel, in order, and returns the ones to
+// run. Channels whose Endpoint has status "off" are left out, like removed
+// ones.
+func validateChannels(defs []fhir.AgentChannel, endpoints []*fhir.Endpoint) ([]channelSpec, []issue) {
+	var specs []channelSpec
+	var issues []issue
+	names := map[string]bool{}
+	ports := map[int]channelSpec{}
+	for i, def := range defs {
+		if names[def.Name] {
+			issues = append(issues, problem("Invalid agent config. Duplicate channel name '%s'", def.Name))
+			continue
+		}
+		names[def.Name] = true
+		ep := endpoints[i]
+		if ep == nil {
+			issues = append(issues, problem("Unable to read endpoint '%s' for channel '%s'", def.Endpoint.Reference, def.Name))
+			continue
+		}
+		if ep.Status == "off" {
+			issues = append(issues, notice("Channel '%s' currently has status of 'off'. Channel will not start until status is set to 'active'", def.Name))
+			continue
+		}
+		spec, chIssues := validateChannel(def.Name, ep.Address)
+		issues = append(issues, chIssues...)
+		if spec == nil {
+			continue
+		}
+		if other, ok := ports[spec.port]; ok {
+			issues = append(issues, problem("Invalid agent config. Both '%s' (%s) and '%s' (%s) declare use of port %d",
+				other.name, other.address, spec.name, spec.address, spec.port))
+			continue
+		}
+		ports[spec.port] = *spec
+		specs = append(specs, *spec)
+	}
+	return specs, issues
+}
+
+// validateChannel parses one Endpoint address. It returns nil when the
+// channel cannot run; parameter warnings come back with a usable spec.
+func validateChannel(name, address string) (*channelSpec, []issue) {
+	if address == "" {
+		return nil, []issue{problem("Invalid empty endpoint address for channel '%s'", name)}
+	}
+	u, err := parseAddress(address)
+	if err != nil {
+		return nil, []issue{problem("Error while validating endpoint address for channel '%s': %v", name, err)}
+	}
+	kind := kindOf(address)
+	if kind == nil {
+		return nil, []issue{problem("Unsupported endpoint type: %s", address)}
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil || port < 1 || port > maxPort {
+		return nil, []issue{problem("Invalid port '%s' in endpoint address for channel '%s'; expected an integer from 1 to %d",
+			u.Port(), name, maxPort)}
+	}
+	params, issues := kind.parse(u.Query())
+	failed := false
+	for i := range issues {
+		issues[i].text = fmt.Sprintf("[%s:%s] %s", kind.label, name, issues[i].text)
+		failed = failed || issues[i].severity == isError
+	}
+	if failed {
+		return nil, issues
+	}
+	return &channelSpec{name: name, address: address, kind: kind, port: port, params: params}, issues
+}
+
+// parseAddress parses an Endpoint address the way a WHATWG URL parser
+// accepts it as far as the agent cares: a scheme is required ("not a url"
+// is invalid, "foo:" is a valid URL of an unsupported type).
+func parseAddress(address string) (*url.URL, error) {
+	u, err := url.Parse(address)
+	if err != nil || u.Scheme == "" {
+		return nil, errors.New("Invalid URL")
+	}
+	return u, nil
+}
+
+// kindOf selects the channel kind by the address's prefix, as the reference
+// does (so "mllps://…" is an HL7 channel too).
+func kindOf(address string) *channelKind {
+	for _, k := range channelKinds {
+		if strings.HasPrefix(address, k.scheme) {
+			return k
+		}
+	}
+	return nil
+}
