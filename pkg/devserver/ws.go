@@ -1,9 +1,11 @@
 package devserver
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -55,6 +57,7 @@ var upgrader = websocket.Upgrader{
 type agentConn struct {
 	s       *Server
 	ws      *websocket.Conn
+	fc      *flushConn
 	out     chan []byte
 	wmu     sync.Mutex
 	done    chan struct{}
@@ -85,12 +88,13 @@ func (s *Server) track(f func()) bool {
 }
 
 func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
-	ws, err := upgrader.Upgrade(w, r, nil)
+	hw := &hijackFlush{ResponseWriter: w}
+	ws, err := upgrader.Upgrade(hw, r, nil)
 	if err != nil {
 		return // Upgrade has answered the client
 	}
 	ws.SetReadLimit(maxFrameSize)
-	c := &agentConn{s: s, ws: ws, out: make(chan []byte, sendQueueLen), done: make(chan struct{})}
+	c := &agentConn{s: s, ws: ws, fc: hw.conn, out: make(chan []byte, sendQueueLen), done: make(chan struct{})}
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
@@ -111,7 +115,7 @@ func (c *agentConn) writer() {
 	for {
 		select {
 		case b := <-c.out:
-			if !c.write(b) {
+			if !c.write(b, true) {
 				return
 			}
 		case <-c.done:
@@ -134,12 +138,18 @@ func (c *agentConn) reader() {
 	}
 }
 
-// write sends one frame now; a failure closes the socket.
-func (c *agentConn) write(b []byte) bool {
+// write sends one frame; a failure closes the socket. Without flush the
+// frame waits in the connection until the reader next blocks (answers to
+// frames that arrived together then leave in one write).
+func (c *agentConn) write(b []byte, flush bool) bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	_ = c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if err := c.ws.WriteMessage(websocket.TextMessage, b); err != nil {
+	err := c.ws.WriteMessage(websocket.TextMessage, b)
+	if err == nil && flush {
+		err = c.fc.Flush()
+	}
+	if err != nil {
 		c.s.log.Debug("agent socket write failed", "err", err)
 		c.close()
 		return false
@@ -272,7 +282,7 @@ func (c *agentConn) transmit(m *protocol.Message) {
 		if _, kind, err := s.botKind(bot); err != nil || kind.name != "exec" {
 			// Built-in bots answer in microseconds: run them here, in order.
 			if b, err := protocol.Encode(s.runBot(agentID, bot, m)); err == nil {
-				c.write(b)
+				c.write(b, false)
 			}
 			return
 		}
@@ -507,4 +517,63 @@ func (s *Server) Connected(agentID string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.byAgent[agentID]) > 0
+}
+
+// hijackFlush hands the WebSocket upgrader a flushConn instead of the raw
+// hijacked connection.
+type hijackFlush struct {
+	http.ResponseWriter
+	conn *flushConn
+}
+
+func (h *hijackFlush) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("devserver: connection cannot be hijacked")
+	}
+	nc, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	h.conn = &flushConn{Conn: nc}
+	return h.conn, brw, err
+}
+
+// flushConn collects writes and sends them when flushed, and flushes itself
+// before every read: the reader answers each frame of a read at once, and
+// the answers go out together just before it waits for more.
+type flushConn struct {
+	net.Conn
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (c *flushConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.buf = append(c.buf, p...)
+	return len(p), nil
+}
+
+func (c *flushConn) Read(p []byte) (int, error) {
+	if err := c.Flush(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+// Flush writes what was collected.
+func (c *flushConn) Flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.buf)
+	if cap(c.buf) > 1<<20 {
+		c.buf = nil
+	} else {
+		c.buf = c.buf[:0]
+	}
+	return err
 }

@@ -110,6 +110,32 @@ func Encode(m *Message) ([]byte, error) {
 	return json.Marshal(m)
 }
 
+// Validate reports whether Encode would fail, without encoding: only the raw
+// JSON fields can make it fail (string fields always encode). Senders check
+// at enqueue time and encode once, at send time.
+func Validate(m *Message) error {
+	for _, raw := range []json.RawMessage{m.Limit, m.Logs, m.Stats} {
+		if len(raw) > 0 && !json.Valid(raw) {
+			return fmt.Errorf("invalid raw JSON field in %s message", m.Type)
+		}
+	}
+	return nil
+}
+
+// TransmitResponse builds the agent:transmit:response answering req (a push
+// or ping from the server), echoing its channel, remote and callback.
+func TransmitResponse(req *Message, status int, contentType, body string) *Message {
+	return &Message{
+		Type:        TypeTransmitResponse,
+		Channel:     req.Channel,
+		Remote:      req.Remote,
+		Callback:    req.Callback,
+		ContentType: contentType,
+		StatusCode:  status,
+		Body:        body,
+	}
+}
+
 // ErrorMessage builds an agent:error reply echoing a callback.
 func ErrorMessage(callback, body string) *Message {
 	return &Message{Type: TypeError, Callback: callback, Body: body}

@@ -58,3 +58,20 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestValidateMatchesEncode(t *testing.T) {
+	tests := []*Message{
+		{Type: TypeLogsResponse, Logs: []byte(`[{"msg":"x"}]`)},
+		{Type: TypeLogsResponse, Logs: []byte(`[{"msg":`)},
+		{Type: TypeStatsResponse, Stats: []byte(`{}`)},
+		{Type: TypeStatsResponse, Stats: []byte(`nope`)},
+		{Type: TypeLogsRequest, Limit: []byte(`"invalid_limit"`)},
+		{Type: TypeTransmitRequest, Body: "MSH|\xff\xfe"},
+	}
+	for _, m := range tests {
+		_, encErr := Encode(m)
+		if valErr := Validate(m); (encErr == nil) != (valErr == nil) {
+			t.Errorf("%+v: Validate %v, Encode %v", m, valErr, encErr)
+		}
+	}
+}

@@ -152,18 +152,20 @@ const (
 	fromQueue
 )
 
-// writeLoop is the socket's only writer. Buffered frames are peeked and only
-// removed after a successful write, so a failure leaves them at the head for
-// the next socket.
+// writeLoop is the socket's only writer. It takes what is ready as one
+// batch, writes it with one system call, and only then removes the frames
+// from their buffers, so a failure leaves them at the head for the next
+// socket and OnSent means the bytes reached the socket.
 func (l *Link) writeLoop(s *session) {
 	defer s.wg.Done()
 	if !l.sendConnect(s) {
 		return
 	}
+	bc := batchConnOf(s.ws.NetConn())
 	paused := false // queue drain stopped until the next wake-up
 	for {
-		m, src := l.nextFrame(s, paused)
-		if m == nil {
+		batch := l.nextBatch(s, paused)
+		if len(batch) == 0 {
 			select {
 			case <-s.kick:
 				paused = false
@@ -172,34 +174,43 @@ func (l *Link) writeLoop(s *session) {
 			}
 			continue
 		}
-		frame := m
-		if src == fromQueue && m.Type == protocol.TypeTransmitRequest {
-			tok, err := l.cfg.Token(s.ctx)
-			if err != nil {
-				l.log.Warn("Cannot send queued message: no access token", "err", err)
-				paused = true
-				continue
+		held := bc != nil && len(batch) > 1
+		if held {
+			bc.hold()
+		}
+		done := 0 // frames written (or dropped as unencodable), in order
+		for _, p := range batch {
+			frame := p.m
+			if p.src == fromQueue && p.m.Type == protocol.TypeTransmitRequest {
+				tok, err := l.cfg.Token(s.ctx)
+				if err != nil {
+					l.log.Warn("Cannot send queued message: no access token", "err", err)
+					paused = true
+					break
+				}
+				stamped := *p.m
+				stamped.AccessToken = tok
+				frame = &stamped
 			}
-			stamped := *m
-			stamped.AccessToken = tok
-			frame = &stamped
+			data, err := protocol.Encode(frame)
+			if err != nil {
+				// Enqueue and Send validated it, so the caller changed it since.
+				l.log.Error("Dropping outbound message that cannot be encoded", "type", p.m.Type, "callback", p.m.Callback, "err", err)
+			} else if err := write(s, data); err != nil {
+				l.log.Warn("Failed to send message to Medplum server", "type", p.m.Type, "err", err)
+				s.abort()
+				return
+			}
+			done++
 		}
-		data, err := protocol.Encode(frame)
-		if err != nil {
-			// Enqueue and Send validated m, so the caller changed it since.
-			l.log.Error("Dropping outbound message that cannot be encoded", "type", m.Type, "callback", m.Callback, "err", err)
-			l.settle(src)
-			continue
+		if held {
+			if err := bc.flush(); err != nil {
+				l.log.Warn("Failed to send messages to Medplum server", "frames", done, "err", err)
+				s.abort()
+				return
+			}
 		}
-		if err := write(s, data); err != nil {
-			l.log.Warn("Failed to send message to Medplum server", "type", m.Type, "err", err)
-			s.abort()
-			return
-		}
-		l.settle(src)
-		if src == fromQueue && l.cfg.OnSent != nil {
-			l.cfg.OnSent(m)
-		}
+		l.settleBatch(batch[:done])
 	}
 }
 
@@ -236,39 +247,64 @@ func write(s *session, data []byte) error {
 	return s.ws.WriteMessage(websocket.TextMessage, data)
 }
 
-// nextFrame picks what to write next: heartbeats, then held control replies
-// (only after the connect request), then queued data (only while live).
-func (l *Link) nextFrame(s *session, paused bool) (*protocol.Message, source) {
+// nextBatch picks what to write next, in priority order: heartbeats, then
+// held control replies (only after the connect request), then queued data
+// (only while live). Heartbeats leave their buffer at once (they die with
+// the socket); control replies and data stay until settleBatch.
+func (l *Link) nextBatch(s *session, paused bool) []pending {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	switch {
-	case len(s.out) > 0:
-		m := s.out[0]
-		s.out[0] = nil
-		s.out = s.out[1:]
-		return m, fromSession
-	case s.connectSent && len(l.ctrl) > 0:
-		return l.ctrl[0], fromControl
-	case l.live && !paused && len(l.queue) > 0:
-		return l.queue[0], fromQueue
+	var batch []pending
+	for _, m := range s.out {
+		batch = append(batch, pending{m, fromSession})
 	}
-	return nil, 0
+	clear(s.out)
+	s.out = s.out[:0]
+	room := func() bool { return len(batch) < maxBatchFrames }
+	if s.connectSent {
+		for i := 0; i < len(l.ctrl) && room(); i++ {
+			batch = append(batch, pending{l.ctrl[i], fromControl})
+		}
+	}
+	if l.live && !paused {
+		size := 0
+		for i := 0; i < len(l.queue) && room() && size < maxBatchBytes; i++ {
+			batch = append(batch, pending{l.queue[i], fromQueue})
+			size += len(l.queue[i].Body)
+		}
+	}
+	return batch
 }
 
-// settle removes a written (or unsendable) frame from the head of its buffer.
-// Only the single writer removes entries, so the head is still that frame.
-func (l *Link) settle(src source) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch src {
-	case fromControl:
-		l.ctrl[0] = nil
-		l.ctrl = l.ctrl[1:]
-	case fromQueue:
-		l.queue[0] = nil
-		l.queue = l.queue[1:]
+// settleBatch removes written (or unsendable) frames from the heads of their
+// buffers and reports data frames to OnSent. Only the single writer removes
+// entries, so the heads are still those frames.
+func (l *Link) settleBatch(batch []pending) {
+	var ctrl, queue int
+	for _, p := range batch {
+		switch p.src {
+		case fromControl:
+			ctrl++
+		case fromQueue:
+			queue++
+		}
 	}
-	l.notifyLocked()
+	if ctrl+queue > 0 {
+		l.mu.Lock()
+		clear(l.ctrl[:ctrl])
+		l.ctrl = l.ctrl[ctrl:]
+		clear(l.queue[:queue])
+		l.queue = l.queue[queue:]
+		l.notifyLocked()
+		l.mu.Unlock()
+	}
+	if l.cfg.OnSent != nil {
+		for _, p := range batch {
+			if p.src == fromQueue {
+				l.cfg.OnSent(p.m)
+			}
+		}
+	}
 }
 
 // pushLocked queues a heartbeat frame on s. l.mu must be held.

@@ -163,6 +163,7 @@ func New(cfg Config) (*Link, error) {
 		url: u,
 		dialer: &websocket.Dialer{
 			Proxy:            http.ProxyFromEnvironment,
+			NetDialContext:   dialBatch,
 			HandshakeTimeout: cfg.DialTimeout,
 			TLSClientConfig:  tlsConf,
 		},
@@ -309,7 +310,7 @@ func validate(m *protocol.Message) error {
 	if m == nil {
 		return errors.New("wslink: nil message")
 	}
-	if _, err := protocol.Encode(m); err != nil {
+	if err := protocol.Validate(m); err != nil {
 		return fmt.Errorf("wslink: cannot encode %s: %w", m.Type, err)
 	}
 	return nil
