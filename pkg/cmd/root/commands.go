@@ -4,6 +4,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/devserver"
+	"github.com/medplum-agent/medplum-agent/pkg/cmd/dicom"
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/hl7"
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/run"
 	"github.com/medplum-agent/medplum-agent/pkg/cmdutil"
@@ -13,5 +14,6 @@ import (
 func addCommands(root *cobra.Command, f *cmdutil.Factory) {
 	root.AddCommand(hl7.NewCmdHL7(f))
 	root.AddCommand(devserver.NewCmdDevServer(f, nil))
+	root.AddCommand(dicom.NewCmdDICOM(f))
 	root.AddCommand(run.NewCmdRun(f, nil))
 }
