@@ -72,10 +72,7 @@ type Agent struct {
 	link     *wslink.Link
 	cbPrefix string // "Agent/{id}-"
 
-	// outbound handles agent:transmit:request from the server (push to a
-	// device, ping). It runs on the link's dispatch goroutine, so it must
-	// not block; it answers through reply, which queues the response.
-	outbound func(req *protocol.Message, reply func(*protocol.Message))
+	out *outbound // pushes and pings the server asks for
 
 	ready     chan struct{} // closed once the first config is applied
 	startDone chan struct{} // closed when Start returns
@@ -159,7 +156,7 @@ func New(opt Options) (*Agent, error) {
 		return nil, err
 	}
 	a.link = link
-	a.outbound = a.refuseOutbound
+	a.out = newOutbound(a.log)
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.publish()
 	return a, nil
@@ -194,6 +191,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		}
 	}()
 	a.log.Info("Medplum agent starting", "version", a.opt.Version, "agentId", a.cfg.AgentID, "baseUrl", a.cfg.BaseURL)
+	upgrade := a.takeUpgradeManifest()
 	snap := a.loadSnapshot()
 	if err := a.login(ctx, snap != nil); err != nil {
 		return err
@@ -206,6 +204,11 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	a.running.Store(true)
 	a.bg.Go(a.runOps)
 	a.bg.Go(a.periodic)
+	if upgrade != nil {
+		// Held by the link until the socket is open, then sent right after
+		// the connect request.
+		a.sendControl(a.upgradeResult(upgrade))
+	}
 	close(a.ready)
 	a.log.Info("Medplum agent started")
 	return nil
@@ -273,6 +276,7 @@ func (a *Agent) abortStart() {
 	a.applyMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
+	a.out.close(ctx)
 	_ = a.link.Stop(ctx) // nothing was delivered yet
 	_ = a.lock.release()
 }
@@ -309,9 +313,10 @@ func (a *Agent) Reload(ctx context.Context) error {
 }
 
 // Stop stops intake on every channel, lets exchanges in progress finish
-// (the server's responses reach their devices and queued messages reach
-// the server) for up to ShutdownTimeout, then closes the channels and the
-// link and releases the data dir.
+// (the server's responses reach their devices, pushes their ACKs, and
+// queued messages reach the server) for up to ShutdownTimeout, then closes
+// the channels, the outbound clients and the link and releases the data
+// dir.
 func (a *Agent) Stop(ctx context.Context) error {
 	first := false
 	a.stopOnce.Do(func() {
@@ -328,7 +333,10 @@ func (a *Agent) Stop(ctx context.Context) error {
 	}
 	a.log.Info("Medplum agent stopping...")
 	a.bg.Wait()
-	a.waitInflight(ctx)
+	wctx, wcancel := context.WithTimeout(ctx, a.opt.ShutdownTimeout)
+	a.waitInflight(wctx)
+	a.out.close(wctx)
+	wcancel()
 
 	// A response that never came must not cost the messages still queued
 	// their chance to reach the server: the flush has a budget of its own.
@@ -345,11 +353,9 @@ func (a *Agent) Stop(ctx context.Context) error {
 	return err
 }
 
-// waitInflight waits up to ShutdownTimeout until every delivered message
-// has had its response.
+// waitInflight waits until every delivered message has had its response,
+// or ctx ends.
 func (a *Agent) waitInflight(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, a.opt.ShutdownTimeout)
-	defer cancel()
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for a.inflight.Load() > 0 {
@@ -430,7 +436,7 @@ func (a *Agent) handle(m *protocol.Message) {
 			a.reply(protocol.ErrorMessage(m.Callback, errAgentOff))
 			return
 		}
-		a.outbound(m, a.reply)
+		a.out.handle(m, a.reply)
 	case protocol.TypeReloadConfigRequest:
 		a.submit(m, a.replyReload)
 	case protocol.TypeLogsRequest:
@@ -469,20 +475,6 @@ func (a *Agent) onTransmitResponse(m *protocol.Message) {
 		a.log.Error(body, "channel", m.Channel, "remote", m.Remote)
 		a.sendControl(protocol.ErrorMessage(m.Callback, body))
 	}
-}
-
-// refuseOutbound answers server-originated transmits until push and ping
-// are wired in.
-func (a *Agent) refuseOutbound(req *protocol.Message, reply func(*protocol.Message)) {
-	reply(&protocol.Message{
-		Type:        protocol.TypeTransmitResponse,
-		Channel:     req.Channel,
-		Remote:      req.Remote,
-		Callback:    req.Callback,
-		ContentType: protocol.ContentTypeText,
-		StatusCode:  http.StatusBadRequest,
-		Body:        "Sending messages to devices is not supported by this agent yet",
-	})
 }
 
 // onLive runs on the link's reader goroutine and must not block.

@@ -62,6 +62,7 @@ func (a *Agent) probe(p *plan) error {
 func (a *Agent) converge(p *plan) error {
 	a.active.Store(p.active)
 	a.setStatsEvery(p.settings.logStatsEvery)
+	a.out.pools.Apply(p.settings.push)
 	want := make(map[string]channelSpec, len(p.channels))
 	for _, s := range p.channels {
 		want[s.name] = s

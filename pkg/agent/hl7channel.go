@@ -137,6 +137,11 @@ type hl7Channel struct {
 
 	mu           sync.Mutex
 	lastDispatch map[*mllp.Conn]time.Time // messagesPerMin state
+
+	// gates order a connection's writes in enhanced mode: the commit ACK
+	// of a message goes out before the Bot's answer to it, however fast
+	// that answer comes back. Keyed by *mllp.Conn.
+	gates sync.Map
 }
 
 func openHL7(a *Agent, s channelSpec) channel {
@@ -225,6 +230,7 @@ func (ch *hl7Channel) onDisconnect(c *mllp.Conn, err error) {
 	ch.mu.Lock()
 	delete(ch.lastDispatch, c)
 	ch.mu.Unlock()
+	ch.gates.Delete(c)
 	switch {
 	case errors.Is(err, mllp.ErrIdleTimeout):
 		ch.log.Info("Closing idle connection", "remote", c.RemoteAddr())
@@ -264,6 +270,11 @@ func (ch *hl7Channel) onMessage(c *mllp.Conn, m *hl7.Message) {
 		}
 	}
 	ch.rtt.Sent(id)
+	if p.enhanced == enhancedStandard {
+		gate, _ := ch.gates.LoadOrStore(c, &sync.Mutex{})
+		gate.(*sync.Mutex).Lock()
+		defer gate.(*sync.Mutex).Unlock()
+	}
 	err := ch.a.deliver(&protocol.Message{
 		Type:        protocol.TypeTransmitRequest,
 		Channel:     ch.name,
@@ -345,6 +356,11 @@ func (ch *hl7Channel) handleResponse(m *protocol.Message) error {
 	}
 	ch.chLog.LogAttrs(context.Background(), slog.LevelInfo, "Sending ACK",
 		slog.String("remote", m.Remote), slog.String("id", id), slog.String("body", m.Body))
+	if gate, ok := ch.gates.Load(c); ok {
+		// Wait for the commit ACK of a message still being taken in.
+		gate.(*sync.Mutex).Lock()
+		gate.(*sync.Mutex).Unlock()
+	}
 	if ch.send(c, ack) {
 		ch.rtt.Acked(id)
 	}

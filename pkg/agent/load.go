@@ -99,17 +99,9 @@ func (a *Agent) loadSnapshot() *plan {
 }
 
 func (a *Agent) readSnapshot() (*plan, error) {
-	f, err := os.Open(a.snapshotPath())
+	data, err := readFileLimited(a.snapshotPath(), maxSnapshotSize)
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxSnapshotSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxSnapshotSize {
-		return nil, errors.New("file too large")
 	}
 	var s snapshot
 	var agent fhir.Agent
@@ -137,6 +129,24 @@ func (a *Agent) readSnapshot() (*plan, error) {
 	}
 	p.agent, p.endpoints = s.Agent, s.Endpoints
 	return p, nil
+}
+
+// readFileLimited reads a state file of at most limit bytes; a larger one
+// is an error, not a truncated read.
+func readFileLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, errors.New("file too large")
+	}
+	return data, nil
 }
 
 // writeFileAtomic replaces path with data so that a reader (or a crash)

@@ -3,8 +3,14 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/medplum-agent/medplum-agent/pkg/agent/rtt"
@@ -20,6 +26,54 @@ var upgradeUnsupported = func() string {
 	}
 	return "Auto-upgrading is currently only supported on Windows"
 }()
+
+// upgradeFileName is the manifest an upgrader leaves in the data dir for
+// the new version to confirm the upgrade to the server (§5.2):
+// {"previousVersion", "targetVersion", "callback"}.
+const upgradeFileName = "upgrade.json"
+
+const maxUpgradeFileSize = 64 << 10
+
+type upgradeManifest struct {
+	PreviousVersion string `json:"previousVersion"`
+	TargetVersion   string `json:"targetVersion"`
+	Callback        string `json:"callback"` // null when nobody waits
+}
+
+// takeUpgradeManifest reads and deletes the upgrade manifest; deleting it
+// tells the installer that the new version has started. It returns nil
+// when there is none, or when it cannot be read (logged).
+func (a *Agent) takeUpgradeManifest() *upgradeManifest {
+	path := filepath.Join(a.cfg.DataDir, upgradeFileName)
+	data, err := readFileLimited(path, maxUpgradeFileSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		a.log.Error("Cannot delete the upgrade manifest", "path", path, "err", rerr)
+	}
+	var m upgradeManifest
+	if err == nil {
+		err = json.Unmarshal(data, &m)
+	}
+	if err != nil {
+		a.log.Error("Ignoring an unreadable upgrade manifest", "path", path, "err", err)
+		return nil
+	}
+	return &m
+}
+
+// upgradeResult confirms the upgrade when this version is the target (the
+// target may omit the build suffix), and reports a failure otherwise.
+func (a *Agent) upgradeResult(m *upgradeManifest) *protocol.Message {
+	if m.TargetVersion != "" && strings.HasPrefix(a.opt.Version, m.TargetVersion) {
+		a.log.Info("Upgrade complete", "previousVersion", m.PreviousVersion, "version", a.opt.Version)
+		return &protocol.Message{Type: protocol.TypeUpgradeResponse, StatusCode: http.StatusOK, Callback: m.Callback}
+	}
+	text := fmt.Sprintf("Failed to upgrade to version %s. Agent still running with version %s", m.TargetVersion, a.opt.Version)
+	a.log.Error(text)
+	return protocol.ErrorMessage(m.Callback, text)
+}
 
 // submit queues a server operation that may take a while, so the link's
 // dispatch goroutine stays free for message routing.
@@ -104,10 +158,14 @@ func (a *Agent) stats() *stats {
 	s := &stats{
 		Ping:                  a.link.Ping(),
 		WebSocketQueueDepth:   a.link.QueueDepth(),
+		HL7ClientCount:        a.out.pools.ClientCount(),
 		Live:                  a.link.Live(),
 		OutstandingHeartbeats: a.link.OutstandingHeartbeats(),
 		ChannelStats:          map[string]channelStats{},
 		ClientStats:           map[string]channelStats{},
+	}
+	for key, st := range a.out.pools.Stats() {
+		s.ClientStats[key] = channelStats{RTT: st}
 	}
 	for name, ch := range *a.chans.Load() {
 		if h, ok := ch.(*hl7Channel); ok {
@@ -128,7 +186,8 @@ func (a *Agent) replyStats(m *protocol.Message) {
 }
 
 // periodic runs housekeeping on every heartbeat tick (RTT garbage
-// collection) and logs stats every logStatsFreqSecs when that is set.
+// collection, idle outbound clients) and logs stats every logStatsFreqSecs
+// when that is set.
 func (a *Agent) periodic() {
 	tick := time.NewTicker(a.opt.HeartbeatPeriod)
 	defer tick.Stop()
@@ -154,7 +213,8 @@ func (a *Agent) periodic() {
 		select {
 		case <-a.ctx.Done():
 			return
-		case <-tick.C:
+		case now := <-tick.C:
+			a.out.pools.Tick(now)
 			for _, ch := range *a.chans.Load() {
 				if h, ok := ch.(*hl7Channel); ok {
 					h.gc()

@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/medplum-agent/medplum-agent/pkg/fhir"
+	"github.com/medplum-agent/medplum-agent/pkg/push"
 )
 
 // issue is one finding of validation.
@@ -37,7 +39,16 @@ func notice(format string, a ...any) issue  { return issue{isNotice, fmt.Sprintf
 type settings struct {
 	logStatsEvery time.Duration // 0: off
 	strict        bool
+	push          push.Settings
 }
+
+// Upper bounds of integer settings: far above any sensible value, low
+// enough that durations cannot overflow and pools stay bounded.
+const (
+	maxLogStatsFreqSecs    = 1<<31 - 1
+	maxClientsPerRemote    = 1000
+	maxPushResponseTimeout = time.Hour
+)
 
 func parseSettings(list []fhir.AgentSetting) (settings, []issue) {
 	var s settings
@@ -50,17 +61,76 @@ func parseSettings(list []fhir.AgentSetting) (settings, []issue) {
 		}
 		return nil
 	}
-	if v := find("logStatsFreqSecs"); v != nil && v.ValueInteger != nil {
-		if n := *v.ValueInteger; n < 0 {
-			issues = append(issues, warning("Invalid logStatsFreqSecs setting '%d'; expected a non-negative integer. Ignoring.", n))
-		} else {
-			s.logStatsEvery = time.Duration(n) * time.Second
+	integer := func(name string, limit int64) int64 {
+		v := find(name)
+		if v == nil {
+			return 0
 		}
+		n, is := readIntSetting(v, limit)
+		if is != nil {
+			issues = append(issues, *is)
+		}
+		return n
 	}
-	if v := find("strictConfigValidation"); v != nil && v.ValueBoolean != nil {
-		s.strict = *v.ValueBoolean
+	boolean := func(name string) bool {
+		v := find(name)
+		switch {
+		case v == nil:
+			return false
+		case v.ValueBoolean == nil:
+			issues = append(issues, warning("Invalid %s setting '%s'; expected a boolean. Ignoring.", name, settingText(v)))
+			return false
+		}
+		return *v.ValueBoolean
+	}
+	s.logStatsEvery = time.Duration(integer("logStatsFreqSecs", maxLogStatsFreqSecs)) * time.Second
+	s.strict = boolean("strictConfigValidation")
+	s.push = push.Settings{
+		KeepAlive:           boolean("keepAlive"),
+		MaxClientsPerRemote: int(integer("maxClientsPerRemote", maxClientsPerRemote)),
+		ResponseTimeout:     time.Duration(integer("pushResponseTimeoutMs", maxPushResponseTimeout.Milliseconds())) * time.Millisecond,
 	}
 	return s, issues
+}
+
+// readIntSetting reads a non-negative integer setting of at most limit. Any
+// other value is a warning and reads as 0 (unset), as in the reference;
+// an integral valueDecimal counts, since JSON does not tell them apart.
+func readIntSetting(v *fhir.AgentSetting, limit int64) (int64, *issue) {
+	var n int64
+	switch {
+	case v.ValueInteger != nil:
+		n = *v.ValueInteger
+	case v.ValueDecimal != nil && *v.ValueDecimal == math.Trunc(*v.ValueDecimal):
+		// Clamped first: converting an out-of-range float is undefined.
+		n = int64(max(min(*v.ValueDecimal, float64(limit)+1), -1))
+	default:
+		n = -1
+	}
+	switch {
+	case n < 0:
+		is := warning("Invalid %s setting '%s'; expected a non-negative integer. Ignoring.", v.Name, settingText(v))
+		return 0, &is
+	case n > limit:
+		is := warning("Invalid %s setting '%s'; expected at most %d. Ignoring.", v.Name, settingText(v), limit)
+		return 0, &is
+	}
+	return n, nil
+}
+
+// settingText renders a setting's value for a warning.
+func settingText(v *fhir.AgentSetting) string {
+	switch {
+	case v.ValueInteger != nil:
+		return strconv.FormatInt(*v.ValueInteger, 10)
+	case v.ValueDecimal != nil:
+		return strconv.FormatFloat(*v.ValueDecimal, 'g', -1, 64)
+	case v.ValueString != nil:
+		return *v.ValueString
+	case v.ValueBoolean != nil:
+		return strconv.FormatBool(*v.ValueBoolean)
+	}
+	return ""
 }
 
 // channelSpec is a validated channel: what to run, under which name.

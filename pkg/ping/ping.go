@@ -68,14 +68,6 @@ func Handle(ctx context.Context, req *protocol.Message, opt Options, logger *slo
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	resp := &protocol.Message{
-		Type:        protocol.TypeTransmitResponse,
-		Channel:     req.Channel,
-		Remote:      req.Remote,
-		Callback:    req.Callback,
-		ContentType: protocol.ContentTypePing,
-		StatusCode:  http.StatusOK,
-	}
 	out, err := run(ctx, req, opt, logger)
 	if err != nil {
 		host := req.Remote
@@ -83,14 +75,10 @@ func Handle(ctx context.Context, req *protocol.Message, opt Options, logger *slo
 			host = "NO_HOST_GIVEN"
 		}
 		logger.Error("Error during ping attempt to " + host + ": " + err.Error())
-		resp.ContentType = protocol.ContentTypeText
-		resp.StatusCode = http.StatusBadRequest
-		resp.Body = err.Error()
-		return resp
+		return protocol.TransmitResponse(req, http.StatusBadRequest, protocol.ContentTypeText, err.Error())
 	}
 	logger.Info("Ping result for " + req.Remote + ":\n\n" + out)
-	resp.Body = out
-	return resp
+	return protocol.TransmitResponse(req, http.StatusOK, protocol.ContentTypePing, out)
 }
 
 // run validates the request the way the reference does, in its order, and

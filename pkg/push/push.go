@@ -224,29 +224,13 @@ func (ps *Pools) Handle(ctx context.Context, req *protocol.Message) *protocol.Me
 		return ps.fail(req, errorText(err, t.addr, set.ResponseTimeout))
 	}
 	ps.log.Info("Device acknowledged push", "remote", req.Remote, "id", id, "code", string(hl7.AckCodeOf(ack)))
-	return &protocol.Message{
-		Type:        protocol.TypeTransmitResponse,
-		Channel:     req.Channel,
-		Remote:      req.Remote,
-		Callback:    req.Callback,
-		ContentType: protocol.ContentTypeHL7,
-		StatusCode:  http.StatusOK,
-		Body:        ack.String(),
-	}
+	return protocol.TransmitResponse(req, http.StatusOK, protocol.ContentTypeHL7, ack.String())
 }
 
 // fail logs and builds a 400 text/plain transmit response.
 func (ps *Pools) fail(req *protocol.Message, text string) *protocol.Message {
 	ps.log.Error("HL7 error: "+text, "remote", req.Remote, "callback", req.Callback)
-	return &protocol.Message{
-		Type:        protocol.TypeTransmitResponse,
-		Channel:     req.Channel,
-		Remote:      req.Remote,
-		Callback:    req.Callback,
-		ContentType: protocol.ContentTypeText,
-		StatusCode:  http.StatusBadRequest,
-		Body:        text,
-	}
+	return protocol.TransmitResponse(req, http.StatusBadRequest, protocol.ContentTypeText, text)
 }
 
 // errNoAck is the context cause of the response timeout.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -20,9 +21,10 @@ import (
 
 // ServerFlags are the dev server's options, shared with `run --dev`.
 type ServerFlags struct {
-	Listen string
-	Config string
-	Record string
+	Listen   string
+	Config   string
+	Record   string
+	TokenTTL time.Duration
 }
 
 // Options holds the inputs of `dev-server`.
@@ -68,6 +70,7 @@ func AddServerFlags(cmd *cobra.Command, s *ServerFlags, prefix string) {
 	fl.StringVar(&s.Listen, prefix+"listen", devserver.DefaultListen, "Address of the dev server")
 	fl.StringVar(&s.Config, prefix+"config", "", "Dev server configuration `FILE` (JSON: clients, bots, agents, devices)")
 	fl.StringVar(&s.Record, prefix+"record", "", "Append every received transmit to `FILE` as one JSON line")
+	fl.DurationVar(&s.TokenTTL, prefix+"token-ttl", devserver.DefaultTokenTTL, "Lifetime of the access tokens it issues")
 }
 
 // LoadConfig reads --config, or returns the documented defaults.
@@ -85,7 +88,7 @@ func (s ServerFlags) LoadConfig() (*devserver.Config, error) {
 // Start builds and starts a dev server serving cfg. The returned close
 // function stops it and closes the record file.
 func Start(s ServerFlags, cfg *devserver.Config, logger *slog.Logger) (*devserver.Server, func() error, error) {
-	opt := devserver.Options{Listen: s.Listen, Logger: logger, Config: cfg}
+	opt := devserver.Options{Listen: s.Listen, Logger: logger, Config: cfg, TokenTTL: s.TokenTTL}
 	var record io.WriteCloser
 	if s.Record != "" {
 		// The record holds message content: owner-only, appended across runs.

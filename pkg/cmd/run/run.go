@@ -79,7 +79,7 @@ status 78 means the configuration is invalid, 4 that the credentials were refuse
 				return cmdutil.FlagErrorf("--dev takes no positional arguments")
 			}
 			if !opts.Dev {
-				for _, name := range []string{"dev-listen", "dev-config", "dev-record"} {
+				for _, name := range []string{"dev-listen", "dev-config", "dev-record", "dev-token-ttl"} {
 					if cmd.Flags().Changed(name) {
 						return cmdutil.FlagErrorf("--%s needs --dev", name)
 					}
