@@ -3,6 +3,7 @@ package root
 import (
 	"github.com/spf13/cobra"
 
+	"github.com/medplum-agent/medplum-agent/pkg/cmd/astm"
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/devserver"
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/dicom"
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/hl7"
@@ -13,6 +14,7 @@ import (
 // addCommands registers the protocol and agent sub-trees.
 func addCommands(root *cobra.Command, f *cmdutil.Factory) {
 	root.AddCommand(hl7.NewCmdHL7(f))
+	root.AddCommand(astm.NewCmdASTM(f))
 	root.AddCommand(devserver.NewCmdDevServer(f, nil))
 	root.AddCommand(dicom.NewCmdDICOM(f))
 	root.AddCommand(run.NewCmdRun(f, nil))
