@@ -2,6 +2,8 @@
 #   make test    installs missing test peers, then runs vet, format check and every test
 #   make bench   runs the micro-benchmarks
 #   make build   builds ./medplum-agent
+#   make docs    regenerates man/ and completions/ from the command tree
+#   make release-check  goreleaser check, a snapshot deb/rpm build and a look inside the deb
 
 GO        ?= go
 PEERS     := $(CURDIR)/.peers
@@ -10,14 +12,14 @@ DEB_PEERS := dcmtk python3-hl7 socat iputils-ping
 # Each fuzz target runs this long in `make fuzz`.
 FUZZTIME  ?= 20s
 
-.PHONY: all build test peers vet check-format unit fuzz bench clean
+.PHONY: all build test peers vet cross-vet check-format unit fuzz bench docs release-check clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o medplum-agent ./cmd/medplum-agent
 
-test: peers vet check-format unit
+test: peers vet cross-vet check-format unit
 
 # Test peers: the published Medplum CLI (npm) into .peers/, and Debian packages
 # when they are missing and we are root (CI is). Installed only when absent.
@@ -40,6 +42,11 @@ peers:
 vet:
 	$(GO) vet ./...
 
+# The Windows service code only compiles for Windows: check it from here.
+cross-vet:
+	GOOS=windows $(GO) vet ./pkg/service ./pkg/cmd/...
+	GOOS=darwin $(GO) vet ./pkg/service
+
 check-format:
 	@out=$$(gofmt -l cmd pkg); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
@@ -53,6 +60,12 @@ fuzz:
 			echo "fuzz $$pkg $$f"; $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
 		done; \
 	done
+
+docs:
+	$(GO) run ./cmd/gen-docs
+
+release-check:
+	pkg/service/packaging/check-release.sh
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./pkg/...

@@ -44,7 +44,7 @@ func (a *Agent) probe(p *plan) error {
 	}
 	var problems []string
 	for _, s := range p.channels {
-		if !held[s.port] {
+		if s.port != 0 && !held[s.port] {
 			if err := probePort(s.name, s.port); err != nil {
 				problems = append(problems, err.Error())
 			}
@@ -69,7 +69,7 @@ func (a *Agent) converge(p *plan) error {
 	}
 	for name, ch := range a.channels {
 		cur := ch.spec()
-		if s, ok := want[name]; !ok || s.kind != cur.kind || s.port != cur.port {
+		if s, ok := want[name]; !ok || s.kind != cur.kind || s.resource() != cur.resource() {
 			a.stopChannel(name, ch)
 		}
 	}

@@ -39,10 +39,13 @@ type channelKind struct {
 	// value and any issues.
 	parse func(q url.Values) (any, []issue)
 	open  func(a *Agent, s channelSpec) channel
+	// device marks kinds that open a local device (the address's path)
+	// rather than bind a port.
+	device bool
 }
 
 // channelKinds are tried in order against the address prefix.
-var channelKinds = []*channelKind{hl7Kind}
+var channelKinds = []*channelKind{hl7Kind, byteStreamKind, serialKind, dicomKind}
 
 // listenAddr is where a channel binds: every interface, on the address's
 // port. The host part of the address is ignored, as in the reference; a

@@ -138,8 +138,9 @@ type channelSpec struct {
 	name    string
 	address string
 	kind    *channelKind
-	port    int
-	params  any // the kind's parsed URL parameters
+	port    int    // 0 for device channels
+	device  string // serial device path, "" for port channels
+	params  any    // the kind's parsed URL parameters
 }
 
 // plan is a fully validated configuration: the state the agent should be
@@ -192,7 +193,7 @@ func validateChannels(defs []fhir.AgentChannel, endpoints []*fhir.Endpoint) ([]c
 	var specs []channelSpec
 	var issues []issue
 	names := map[string]bool{}
-	ports := map[int]channelSpec{}
+	inUse := map[string]channelSpec{} // port or device → first channel using it
 	for i, def := range defs {
 		if names[def.Name] {
 			issues = append(issues, problem("Invalid agent config. Duplicate channel name '%s'", def.Name))
@@ -213,15 +214,23 @@ func validateChannels(defs []fhir.AgentChannel, endpoints []*fhir.Endpoint) ([]c
 		if spec == nil {
 			continue
 		}
-		if other, ok := ports[spec.port]; ok {
-			issues = append(issues, problem("Invalid agent config. Both '%s' (%s) and '%s' (%s) declare use of port %d",
-				other.name, other.address, spec.name, spec.address, spec.port))
+		if other, ok := inUse[spec.resource()]; ok {
+			issues = append(issues, problem("Invalid agent config. Both '%s' (%s) and '%s' (%s) declare use of %s",
+				other.name, other.address, spec.name, spec.address, spec.resource()))
 			continue
 		}
-		ports[spec.port] = *spec
+		inUse[spec.resource()] = *spec
 		specs = append(specs, *spec)
 	}
 	return specs, issues
+}
+
+// resource names what a channel holds exclusively: its port, or its device.
+func (s channelSpec) resource() string {
+	if s.device != "" {
+		return "device " + s.device
+	}
+	return "port " + strconv.Itoa(s.port)
 }
 
 // validateChannel parses one Endpoint address. It returns nil when the
@@ -238,8 +247,12 @@ func validateChannel(name, address string) (*channelSpec, []issue) {
 	if kind == nil {
 		return nil, []issue{problem("Unsupported endpoint type: %s", address)}
 	}
-	port, err := strconv.Atoi(u.Port())
-	if err != nil || port < 1 || port > maxPort {
+	port, device := 0, ""
+	if kind.device {
+		if device = u.Path; device == "" || device == "/" {
+			return nil, []issue{problem("Missing device path in endpoint address for channel '%s'", name)}
+		}
+	} else if port, err = strconv.Atoi(u.Port()); err != nil || port < 1 || port > maxPort {
 		return nil, []issue{problem("Invalid port '%s' in endpoint address for channel '%s'; expected an integer from 1 to %d",
 			u.Port(), name, maxPort)}
 	}
@@ -252,7 +265,7 @@ func validateChannel(name, address string) (*channelSpec, []issue) {
 	if failed {
 		return nil, issues
 	}
-	return &channelSpec{name: name, address: address, kind: kind, port: port, params: params}, issues
+	return &channelSpec{name: name, address: address, kind: kind, port: port, device: device, params: params}, issues
 }
 
 // parseAddress parses an Endpoint address the way a WHATWG URL parser

@@ -133,9 +133,19 @@ func TestBuildPlan(t *testing.T) {
 			warnings: []string{"Agent status is currently 'off'. All channels are disconnected until status is set back to 'active'"},
 		},
 		{
-			name:   "byte stream and DICOM are not supported yet",
-			addrs:  []string{"tcp://a:1?startChar=%02&endChar=%03", "dicom://a:2"},
-			errors: []string{"Unsupported endpoint type: tcp://a:1?startChar=%02&endChar=%03", "Unsupported endpoint type: dicom://a:2"},
+			name:   "unsupported scheme",
+			addrs:  []string{"mllp://a:1", "ftp://a:2"},
+			errors: []string{"Unsupported endpoint type: ftp://a:2"},
+		},
+		{
+			name:   "serial device without a path",
+			addrs:  []string{"serial://?baud=9600"},
+			errors: []string{"Missing device path in endpoint address for channel 'c0'"},
+		},
+		{
+			name:   "two channels on one serial device",
+			addrs:  []string{"serial:///dev/ttyS9?mode=astm", "serial:///dev/ttyS9?startChar=%02&endChar=%03"},
+			errors: []string{"Invalid agent config. Both 'c0' (serial:///dev/ttyS9?mode=astm) and 'c1' (serial:///dev/ttyS9?startChar=%02&endChar=%03) declare use of device /dev/ttyS9"},
 		},
 	}
 	for _, tt := range tests {

@@ -20,6 +20,10 @@ const (
 	DefaultAgentID      = "7d3c5f2e-9a41-4b8e-b6c2-1f0e8d4a5c93"
 	DefaultChannel      = "hl7"
 	DefaultAddress      = "mllp://0.0.0.0:56000"
+	DefaultASTMChannel  = "astm"
+	DefaultASTMAddress  = "tcp://0.0.0.0:56100?mode=astm"
+	DefaultDICOMChannel = "dicom"
+	DefaultDICOMAddress = "dicom://0.0.0.0:56104"
 	DefaultListen       = "127.0.0.1:8103"
 )
 
@@ -80,8 +84,12 @@ type DeviceConfig struct {
 }
 
 // DefaultConfig returns one client, one Agent with channel "hl7" on
-// mllp://0.0.0.0:56000 answered by Bot "ack", and Bots "echo" and "reject"
-// that a channel can be switched to at runtime.
+// mllp://0.0.0.0:56000 and channel "astm" on tcp://0.0.0.0:56100?mode=astm,
+// both answered by Bot "ack" (which gives ASTM sessions an empty answer, so
+// nothing is written back to the instrument), and Bots "echo" and "reject"
+// that a channel can be switched to at runtime. Channel "dicom" on
+// dicom://0.0.0.0:56104 stores instances as Binary resources and sends
+// their JSON to "ack" too.
 func DefaultConfig() *Config {
 	return &Config{
 		Clients: []ClientConfig{{ClientID: DefaultClientID, ClientSecret: DefaultClientSecret}},
@@ -91,10 +99,14 @@ func DefaultConfig() *Config {
 			{ID: "reject", Name: "reject", Kind: "reject"},
 		},
 		Agents: []AgentConfig{{
-			ID:       DefaultAgentID,
-			Name:     "dev-agent",
-			Status:   "active",
-			Channels: []ChannelConfig{{Name: DefaultChannel, Address: DefaultAddress, Bot: "ack"}},
+			ID:     DefaultAgentID,
+			Name:   "dev-agent",
+			Status: "active",
+			Channels: []ChannelConfig{
+				{Name: DefaultChannel, Address: DefaultAddress, Bot: "ack"},
+				{Name: DefaultASTMChannel, Address: DefaultASTMAddress, Bot: "ack"},
+				{Name: DefaultDICOMChannel, Address: DefaultDICOMAddress, Bot: "ack"},
+			},
 		}},
 	}
 }

@@ -61,7 +61,10 @@
 // ("medplum-agent-dev-secret"), Bots "ack", "echo" and "reject", and the
 // Agent DefaultAgentID ("7d3c5f2e-9a41-4b8e-b6c2-1f0e8d4a5c93") with channel
 // "hl7" on mllp://0.0.0.0:56000 answered by Bot "ack" (Endpoint id
-// "<agent id>-hl7").
+// "<agent id>-hl7"). Its channel DefaultDICOMChannel ("dicom") on
+// dicom://0.0.0.0:56104 goes to "ack" too: each stored instance arrives as
+// a Binary upload (application/dicom, kept as is) followed by an
+// application/json transmit that references it.
 //
 // # Config file
 //

@@ -22,11 +22,14 @@ func TestDefaultResources(t *testing.T) {
 	if err := json.Unmarshal(r.body, &agent); err != nil || r.status != http.StatusOK {
 		t.Fatalf("read Agent: %d %v", r.status, err)
 	}
-	wantChannels := []fhir.AgentChannel{{
-		Name:            "hl7",
-		Endpoint:        fhir.Reference{Reference: "Endpoint/" + DefaultAgentID + "-hl7"},
-		TargetReference: fhir.Reference{Reference: "Bot/ack"},
-	}}
+	var wantChannels []fhir.AgentChannel
+	for _, name := range []string{"hl7", "astm", "dicom"} {
+		wantChannels = append(wantChannels, fhir.AgentChannel{
+			Name:            name,
+			Endpoint:        fhir.Reference{Reference: "Endpoint/" + DefaultAgentID + "-" + name},
+			TargetReference: fhir.Reference{Reference: "Bot/ack"},
+		})
+	}
 	if diff := cmp.Diff(wantChannels, agent.Channel); diff != "" || agent.Status != "active" {
 		t.Errorf("status %q, channels (-want +got):\n%s", agent.Status, diff)
 	}

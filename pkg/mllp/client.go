@@ -12,6 +12,7 @@ import (
 
 	"github.com/medplum-agent/medplum-agent/pkg/hl7"
 	"github.com/medplum-agent/medplum-agent/pkg/hl7/charset"
+	"github.com/medplum-agent/medplum-agent/pkg/protocol"
 )
 
 // ReturnAck selects which ACK resolves SendAndWait.
@@ -120,7 +121,7 @@ func Dial(ctx context.Context, addr string, opt ClientOptions) (*Client, error) 
 	if err != nil {
 		return nil, err
 	}
-	conn := newConn(nc, formatAddr(nc.RemoteAddr(), false), enc, DefaultWriteTimeout)
+	conn := newConn(nc, protocol.RemoteAddr(nc.RemoteAddr(), nil), enc, DefaultWriteTimeout)
 	c := &Client{
 		conn:    conn,
 		r:       NewReader(nc, opt.MaxFrameSize),

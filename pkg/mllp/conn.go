@@ -2,7 +2,6 @@ package mllp
 
 import (
 	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -125,24 +124,4 @@ func (c *Conn) decode(payload []byte) (*hl7.Message, error) {
 		return nil, err
 	}
 	return hl7.Parse(text)
-}
-
-// formatAddr renders a TCP address as "ip:port" without IPv6 brackets.
-// mapV4 renders IPv4 peers in IPv4-mapped IPv6 form (see Conn.RemoteAddr).
-func formatAddr(a net.Addr, mapV4 bool) string {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
-		if a == nil {
-			return ""
-		}
-		return a.String()
-	}
-	host := ta.IP.String()
-	if ta.Zone != "" {
-		host += "%" + ta.Zone
-	}
-	if mapV4 && ta.IP.To4() != nil {
-		host = "::ffff:" + ta.IP.To4().String()
-	}
-	return host + ":" + strconv.Itoa(ta.Port)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/medplum-agent/medplum-agent/pkg/hl7"
 	"github.com/medplum-agent/medplum-agent/pkg/hl7/charset"
+	"github.com/medplum-agent/medplum-agent/pkg/protocol"
 )
 
 // ErrIdleTimeout is reported to Server.OnDisconnect when a connection was
@@ -57,8 +58,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	ln       net.Listener
-	mapV4    bool   // dual-stack listener: show IPv4 peers IPv4-mapped
-	encoding string // set by SetEncoding, overrides Encoding
+	laddr    net.Addr // the bound address: decides how peers are rendered
+	encoding string   // set by SetEncoding, overrides Encoding
 	conns    map[string]*Conn
 	closing  bool
 	serving  bool
@@ -85,9 +86,7 @@ func (s *Server) Listen(addr string) error {
 		return err
 	}
 	s.ln = ln
-	if ta, ok := ln.Addr().(*net.TCPAddr); ok {
-		s.mapV4 = ta.IP.To4() == nil
-	}
+	s.laddr = ln.Addr()
 	s.conns = make(map[string]*Conn)
 	return nil
 }
@@ -166,7 +165,7 @@ func (s *Server) start(nc net.Conn) {
 	if wt == 0 {
 		wt = DefaultWriteTimeout
 	}
-	c := newConn(nc, formatAddr(nc.RemoteAddr(), s.mapV4), s.defaultEncoding(), wt)
+	c := newConn(nc, protocol.RemoteAddr(nc.RemoteAddr(), s.laddr), s.defaultEncoding(), wt)
 	s.conns[c.remote] = c
 	// Added under mu with closing false, so never after Shutdown's Wait began.
 	s.wg.Add(1)

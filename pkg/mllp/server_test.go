@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/medplum-agent/medplum-agent/pkg/hl7"
+	"github.com/medplum-agent/medplum-agent/pkg/protocol"
 )
 
 // testDeadline bounds every blocking step so a broken test fails instead of
@@ -392,29 +393,9 @@ func TestServerManyConnections(t *testing.T) {
 		t.Errorf("Conns() has %d entries, want %d", n, conns)
 	}
 	for _, p := range peers {
-		remote := formatAddr(p.LocalAddr(), false)
+		remote := protocol.RemoteAddr(p.LocalAddr(), nil)
 		if c := s.Conn(remote); c == nil || c.RemoteAddr() != remote {
 			t.Errorf("Conn(%q) = %v", remote, c)
-		}
-	}
-}
-
-func TestFormatAddr(t *testing.T) {
-	tests := []struct {
-		addr  net.Addr
-		mapV4 bool
-		want  string
-	}{
-		{&net.TCPAddr{IP: net.ParseIP("10.0.0.5"), Port: 51234}, false, "10.0.0.5:51234"},
-		{&net.TCPAddr{IP: net.ParseIP("10.0.0.5"), Port: 51234}, true, "::ffff:10.0.0.5:51234"},
-		{&net.TCPAddr{IP: net.ParseIP("10.0.0.5").To4(), Port: 1}, true, "::ffff:10.0.0.5:1"},
-		{&net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 2575}, true, "2001:db8::1:2575"},
-		{&net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 2575, Zone: "eth0"}, false, "fe80::1%eth0:2575"},
-		{nil, false, ""},
-	}
-	for _, tt := range tests {
-		if got := formatAddr(tt.addr, tt.mapV4); got != tt.want {
-			t.Errorf("formatAddr(%v, %v) = %q, want %q", tt.addr, tt.mapV4, got, tt.want)
 		}
 	}
 }

@@ -6,6 +6,8 @@ package protocol
 import (
 	"encoding/json"
 	"fmt"
+	"net"
+	"strconv"
 )
 
 // Message types. The agent always emits these names.
@@ -139,4 +141,27 @@ func TransmitResponse(req *Message, status int, contentType, body string) *Messa
 // ErrorMessage builds an agent:error reply echoing a callback.
 func ErrorMessage(callback, body string) *Message {
 	return &Message{Type: TypeError, Callback: callback, Body: body}
+}
+
+// RemoteAddr renders a device's address for the remote field the way the
+// reference (Node) does: "ip:port" without IPv6 brackets, and IPv4 peers of
+// a dual-stack listener (one bound to every interface) in IPv4-mapped form,
+// "::ffff:10.0.0.5:51234". The server round-trips the value and responses
+// are routed by it, so it must be stable per connection.
+func RemoteAddr(peer, listener net.Addr) string {
+	ta, ok := peer.(*net.TCPAddr)
+	if !ok {
+		if peer == nil {
+			return ""
+		}
+		return peer.String()
+	}
+	host := ta.IP.String()
+	if ta.Zone != "" {
+		host += "%" + ta.Zone
+	}
+	if la, ok := listener.(*net.TCPAddr); ok && la.IP.To4() == nil && ta.IP.To4() != nil {
+		host = "::ffff:" + ta.IP.To4().String()
+	}
+	return host + ":" + strconv.Itoa(ta.Port)
 }

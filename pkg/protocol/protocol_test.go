@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"net"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -72,6 +73,28 @@ func TestValidateMatchesEncode(t *testing.T) {
 		_, encErr := Encode(m)
 		if valErr := Validate(m); (encErr == nil) != (valErr == nil) {
 			t.Errorf("%+v: Validate %v, Encode %v", m, valErr, encErr)
+		}
+	}
+}
+
+func TestRemoteAddr(t *testing.T) {
+	dual := &net.TCPAddr{IP: net.IPv6unspecified, Port: 2575}
+	v4 := &net.TCPAddr{IP: net.IPv4zero.To4(), Port: 2575}
+	tests := []struct {
+		peer, listener net.Addr
+		want           string
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("10.0.0.5"), Port: 51234}, nil, "10.0.0.5:51234"},
+		{&net.TCPAddr{IP: net.ParseIP("10.0.0.5"), Port: 51234}, v4, "10.0.0.5:51234"},
+		{&net.TCPAddr{IP: net.ParseIP("10.0.0.5"), Port: 51234}, dual, "::ffff:10.0.0.5:51234"},
+		{&net.TCPAddr{IP: net.ParseIP("10.0.0.5").To4(), Port: 1}, dual, "::ffff:10.0.0.5:1"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 2575}, dual, "2001:db8::1:2575"},
+		{&net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 2575, Zone: "eth0"}, nil, "fe80::1%eth0:2575"},
+		{nil, nil, ""},
+	}
+	for _, tt := range tests {
+		if got := RemoteAddr(tt.peer, tt.listener); got != tt.want {
+			t.Errorf("RemoteAddr(%v, %v) = %q, want %q", tt.peer, tt.listener, got, tt.want)
 		}
 	}
 }

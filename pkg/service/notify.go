@@ -1,5 +1,8 @@
 // Package service holds the operating-system integration of the daemon:
-// readiness and state notifications to the service manager.
+// readiness and state notifications to systemd, running under the Windows
+// service manager, and installing, inspecting and removing the service on
+// systemd, launchd and Windows. The packaged unit, plist, Dockerfile and
+// package scripts live in packaging/.
 package service
 
 // Service manager states sent with Notify.

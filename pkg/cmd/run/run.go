@@ -88,6 +88,10 @@ status 78 means the configuration is invalid, 4 that the credentials were refuse
 			if runF != nil {
 				return runF(cmd.Context(), opts)
 			}
+			if service.IsWindowsService() {
+				// The service manager, not a terminal, starts and stops us.
+				return service.RunAsService(service.WindowsName, func(ctx context.Context) error { return runRun(ctx, opts) })
+			}
 			return runRun(cmd.Context(), opts)
 		},
 	}
