@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/medplum-agent/medplum-agent/pkg/astm"
+	"github.com/medplum-agent/medplum-agent/pkg/listener"
 	"github.com/medplum-agent/medplum-agent/pkg/protocol"
 )
 
@@ -266,26 +267,18 @@ func (ch *tcpStreamChannel) start() error {
 
 func (ch *tcpStreamChannel) accept() {
 	defer ch.wg.Done()
-	var delay time.Duration
-	for {
-		nc, err := ch.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Out of descriptors or the like: back off rather than spin.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			ch.log.Warn("Cannot accept connections", "err", err, "retryIn", delay)
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
+	err := listener.Serve(ch.ln, nil, func(nc net.Conn) {
 		if ch.a.draining() {
 			nc.Close()
-			continue
+			return
 		}
 		ch.wg.Add(1) // safe: this goroutine's own count keeps wg above zero
 		go ch.serveConn(nc)
+	}, func(err error, delay time.Duration) {
+		ch.log.Warn("Cannot accept connections", "err", err, "retryIn", delay)
+	})
+	if err != nil {
+		ch.log.Error("Channel stopped accepting connections", "err", err)
 	}
 }
 

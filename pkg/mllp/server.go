@@ -9,11 +9,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/medplum-agent/medplum-agent/pkg/hl7"
 	"github.com/medplum-agent/medplum-agent/pkg/hl7/charset"
+	"github.com/medplum-agent/medplum-agent/pkg/listener"
 	"github.com/medplum-agent/medplum-agent/pkg/protocol"
 )
 
@@ -107,34 +107,7 @@ func (s *Server) Serve() error {
 	s.serving = true
 	s.mu.Unlock()
 
-	var delay time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if s.isClosing() {
-				return nil
-			}
-			if !isResourceShortage(err) {
-				return err
-			}
-			// Out of descriptors or buffers: wait for connections to end
-			// rather than spin or give up.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
-		s.start(nc)
-	}
-}
-
-func isResourceShortage(err error) bool {
-	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
+	return listener.Serve(ln, s.isClosing, s.start, nil)
 }
 
 func (s *Server) isClosing() bool {

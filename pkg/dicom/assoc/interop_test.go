@@ -611,11 +611,16 @@ func (p *proxy) pdus(t *testing.T) []pdu.PDU {
 	}
 }
 
+// associateAC returns the first A-ASSOCIATE-AC the server sent. The proxy
+// records a connection's bytes only once the server has closed it, which can
+// be a moment after the peer program exited, so it waits (bounded).
 func (p *proxy) associateAC(t *testing.T) *pdu.AssociateAC {
 	t.Helper()
-	for _, x := range p.pdus(t) {
-		if ac, ok := x.(*pdu.AssociateAC); ok {
-			return ac
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, x := range p.pdus(t) {
+			if ac, ok := x.(*pdu.AssociateAC); ok {
+				return ac
+			}
 		}
 	}
 	t.Fatal("no A-ASSOCIATE-AC seen")

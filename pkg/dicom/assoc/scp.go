@@ -15,6 +15,7 @@ import (
 	"github.com/medplum-agent/medplum-agent/pkg/dicom"
 	"github.com/medplum-agent/medplum-agent/pkg/dicom/dimse"
 	"github.com/medplum-agent/medplum-agent/pkg/dicom/pdu"
+	"github.com/medplum-agent/medplum-agent/pkg/listener"
 )
 
 // AssociationInfo identifies the association a request arrived on.
@@ -221,23 +222,9 @@ func (s *Server) Serve() error {
 	s.serving = true
 	s.mu.Unlock()
 
-	var delay time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if s.isClosing() {
-				return nil
-			}
-			// Typically out of descriptors: wait for associations to end
-			// rather than spin.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept failed", "err", err, "retry_in", delay)
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
-		s.start(nc)
-	}
+	return listener.Serve(ln, s.isClosing, s.start, func(err error, delay time.Duration) {
+		s.log.Warn("accept failed", "err", err, "retry_in", delay)
+	})
 }
 
 func (s *Server) isClosing() bool {
