@@ -42,7 +42,6 @@ const (
 	DefaultMaxAssetSize = 256 << 20
 )
 
-
 // versionPattern is the reference's rule for a requested version: a
 // semver core with an optional 7-character build hash.
 var versionPattern = regexp.MustCompile(`^\d+\.\d+\.\d+(-[0-9a-z]{7})?$`)
