@@ -44,6 +44,9 @@ type Options struct {
 	// messages in progress, and then how long it lets queued messages reach
 	// the server; 0 → 10 s.
 	ShutdownTimeout time.Duration
+	// QueueResponseTimeout bounds the wait for the server's answer to one
+	// dispatch of a durably queued message; 0 → 60 s.
+	QueueResponseTimeout time.Duration
 }
 
 const (
@@ -92,6 +95,9 @@ type Agent struct {
 	statsEvery   atomic.Int64                       // logStatsFreqSecs as a Duration
 	statsKick    chan struct{}
 	fromSnapshot atomic.Bool // booted from the snapshot; reload when live
+
+	q        atomic.Pointer[durable] // the durable queue, once a plan opened it
+	useQueue atomic.Bool             // the running plan routes intake through q
 
 	applyMu  sync.Mutex // serialises apply, reload and the final stop
 	channels map[string]channel
@@ -149,6 +155,7 @@ func New(opt Options) (*Agent, error) {
 		TLSConfig:       opt.TLSConfig,
 		Handler:         a.handle,
 		OnLive:          a.onLive,
+		OnSent:          a.onSent,
 		Logger:          a.log,
 		HeartbeatPeriod: opt.HeartbeatPeriod,
 	})
@@ -278,6 +285,7 @@ func (a *Agent) abortStart() {
 	defer cancel()
 	a.out.close(ctx)
 	_ = a.link.Stop(ctx) // nothing was delivered yet
+	a.closeQueue(ctx)
 	_ = a.lock.release()
 }
 
@@ -348,6 +356,12 @@ func (a *Agent) Stop(ctx context.Context) error {
 	if err := a.link.Stop(ctx); err != nil {
 		a.log.Warn("Messages left unsent at shutdown", "err", err)
 	}
+	// After the link, so that rows it wrote while flushing are recorded
+	// as sent; with a budget of its own, since the flush may use all of
+	// ctx's.
+	qctx, qcancel := context.WithTimeout(context.Background(), a.opt.ShutdownTimeout)
+	a.closeQueue(qctx)
+	qcancel()
 	err := a.lock.release()
 	a.log.Info("Medplum agent stopped")
 	return err
@@ -377,8 +391,8 @@ func (a *Agent) draining() bool {
 	}
 }
 
-// deliver hands an inbound device message to the server. It is the one
-// seam between intake and transport, where a durable queue will sit.
+// deliver hands an inbound device message to the server on the in-memory
+// path (durableQueue=false).
 func (a *Agent) deliver(m *protocol.Message) error {
 	// Counted before queueing, so a fast response cannot settle it first.
 	a.inflight.Add(1)
@@ -430,6 +444,11 @@ func (a *Agent) publish() {
 func (a *Agent) handle(m *protocol.Message) {
 	switch m.Type {
 	case protocol.TypeTransmitResponse:
+		// Answers to queued messages carry an attempt number; the
+		// dispatcher settles them.
+		if q := a.q.Load(); q != nil && q.disp.HandleResponse(m) {
+			return
+		}
 		a.onTransmitResponse(m)
 	case protocol.TypeTransmitRequest:
 		if !a.active.Load() {
@@ -479,8 +498,18 @@ func (a *Agent) onTransmitResponse(m *protocol.Message) {
 
 // onLive runs on the link's reader goroutine and must not block.
 func (a *Agent) onLive(live bool) {
+	if q := a.q.Load(); q != nil {
+		q.disp.LiveChanged(live)
+	}
 	if live && a.fromSnapshot.Load() {
 		a.queueSnapshotReload()
+	}
+}
+
+// onSent runs on the link's writer goroutine and must not block.
+func (a *Agent) onSent(m *protocol.Message) {
+	if q := a.q.Load(); q != nil {
+		q.disp.OnSent(m)
 	}
 }
 

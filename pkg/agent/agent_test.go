@@ -83,6 +83,9 @@ func TestLogin(t *testing.T) {
 func TestStopDrains(t *testing.T) {
 	port := freePort(t)
 	e := newEnv(t, ch{name: "test", address: mllpAddr(port, "")})
+	// The in-memory path; with the queue, answers still due are recovered
+	// at the next start instead (durable_test.go).
+	e.setAgent("active", inMemory, ch{name: "test", address: mllpAddr(port, "")})
 	e.start()
 	bot := e.holdBot()
 	d := dial(t, port)
@@ -151,8 +154,8 @@ func TestOperations(t *testing.T) {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
-		want := []string{"channelStats", "clientStats", "hl7ClientCount", "hl7ConnectionsOpen", "hl7QueueDepth",
-			"live", "outstandingHeartbeats", "ping", "webSocketQueueDepth"}
+		want := []string{"channelStats", "clientStats", "durableQueue", "hl7ClientCount", "hl7ConnectionsOpen",
+			"hl7QueueDepth", "live", "outstandingHeartbeats", "ping", "webSocketQueueDepth"}
 		if r.Type != protocol.TypeStatsResponse || r.StatusCode != 200 {
 			t.Errorf("stats answered %s %d", r.Type, r.StatusCode)
 		}

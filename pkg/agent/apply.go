@@ -56,10 +56,14 @@ func (a *Agent) probe(p *plan) error {
 	return nil
 }
 
-// converge changes the running channels to match p: first it stops the
+// converge opens the durable queue if p needs it and it is not open yet,
+// then changes the running channels to match p: first it stops the
 // channels p drops or moves (releasing their ports), then reconfigures the
 // ones whose address changed in place, then starts the new ones.
 func (a *Agent) converge(p *plan) error {
+	if err := a.openQueue(p.settings.queue); err != nil {
+		return err
+	}
 	a.active.Store(p.active)
 	a.setStatsEvery(p.settings.logStatsEvery)
 	a.out.pools.Apply(p.settings.push)

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	"github.com/medplum-agent/medplum-agent/pkg/astm"
+	"github.com/medplum-agent/medplum-agent/pkg/spool"
 )
 
 // serveASTM runs the E1381 receiver (mode=astm) on one device link with
@@ -30,5 +31,5 @@ func (c *streamChannel) submitSession(d *deviceConn, s astm.Session) error {
 	} else {
 		c.log.Debug("ASTM session received", attrs...)
 	}
-	return c.a.intake(kindASTM, c.name, d.remote, astm.ContentType, body)
+	return c.a.intake(spool.KindASTM, c.name, d.remote, astm.ContentType, body)
 }

@@ -401,3 +401,6 @@ func (e *env) sendToAgent(m *protocol.Message) {
 		e.t.Fatal(err)
 	}
 }
+
+// inMemory turns the durable queue off (durableQueue=false).
+var inMemory = []fhir.AgentSetting{{Name: "durableQueue", ValueBoolean: new(false)}}

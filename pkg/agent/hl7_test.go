@@ -53,6 +53,8 @@ func TestHL7OriginalModeRoundTrip(t *testing.T) {
 func TestHL7ResponseStatusAndCallback(t *testing.T) {
 	port := freePort(t)
 	e := newEnv(t, ch{name: "test", address: mllpAddr(port, "")})
+	// The in-memory path; durable_test.go covers the queue.
+	e.setAgent("active", inMemory, ch{name: "test", address: mllpAddr(port, "")})
 	e.start()
 	bot := e.holdBot()
 	d := dial(t, port)
@@ -102,11 +104,13 @@ func TestHL7AckModes(t *testing.T) {
 	codes := []hl7.AckCode{hl7.AA, hl7.AE, hl7.AR}
 	port := freePort(t)
 	e := newEnv(t, ch{name: "test", address: mllpAddr(port, "")})
+	// The in-memory path; durable_test.go covers the queue.
+	e.setAgent("active", inMemory, ch{name: "test", address: mllpAddr(port, "")})
 	e.start()
 	bot := e.holdBot()
 	for _, tt := range tests {
 		t.Run(tt.query, func(t *testing.T) {
-			e.setAgent("active", nil, ch{name: "test", address: mllpAddr(port, tt.query)})
+			e.setAgent("active", inMemory, ch{name: "test", address: mllpAddr(port, tt.query)})
 			if r := e.reload(); r.Type != protocol.TypeReloadConfigResp {
 				t.Fatalf("reload: %s %s", r.Type, r.Body)
 			}

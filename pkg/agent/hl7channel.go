@@ -16,6 +16,7 @@ import (
 	"github.com/medplum-agent/medplum-agent/pkg/hl7/charset"
 	"github.com/medplum-agent/medplum-agent/pkg/mllp"
 	"github.com/medplum-agent/medplum-agent/pkg/protocol"
+	"github.com/medplum-agent/medplum-agent/pkg/spool"
 )
 
 var hl7Kind = &channelKind{scheme: "mllp", label: "HL7", parse: parseHL7Params, open: openHL7}
@@ -48,6 +49,7 @@ type hl7Params struct {
 	assignSeqNo    bool
 	messagesPerMin int           // 0: no throttle
 	idleTimeout    time.Duration // 0: none; our extension, in seconds on the URL
+	queue          channelQueueParams
 }
 
 func parseHL7Params(q url.Values) (any, []issue) {
@@ -93,7 +95,9 @@ func parseHL7Params(q url.Values) (any, []issue) {
 			issues = append(issues, warning("Invalid idleTimeout: '%s'; must be a whole number of seconds. Creating channel without an idle timeout...", v))
 		}
 	}
-	return p, issues
+	qp, qIssues := parseChannelQueueParams(q)
+	p.queue = qp
+	return p, append(issues, qIssues...)
 }
 
 // forwards applies the ACK policy of §3.2 to a response whose MSA-1 is code.
@@ -263,6 +267,10 @@ func (ch *hl7Channel) onMessage(c *mllp.Conn, m *hl7.Message) {
 	id, remote := m.ControlID(), c.RemoteAddr()
 	ch.chLog.LogAttrs(context.Background(), slog.LevelInfo, "Received",
 		slog.String("remote", remote), slog.String("id", id), slog.String("body", m.String()))
+	if q := ch.a.queue(); q != nil {
+		ch.takeIn(q, c, m, p)
+		return
+	}
 	if p.assignSeqNo {
 		seq := strconv.FormatInt(ch.seq.Add(1)-1, 10)
 		if err := m.SetRaw("MSH-13", seq); err != nil {
@@ -302,6 +310,87 @@ func (ch *hl7Channel) onMessage(c *mllp.Conn, m *hl7.Message) {
 	}
 }
 
+// takeIn is onMessage with the durable queue (§6.3): the message is on
+// disk before the device hears anything, and a storage failure or a reused
+// control id is answered with a negative commit ACK.
+func (ch *hl7Channel) takeIn(q *durable, c *mllp.Conn, m *hl7.Message, p *hl7Params) {
+	id, remote := m.ControlID(), c.RemoteAddr()
+	policy, dup := q.policy(&p.queue)
+	original := m.String()
+	in := spool.Intake{
+		Kind: spool.KindHL7, Channel: ch.name, Remote: remote, ContentType: protocol.ContentTypeHL7,
+		ControlID: id, MsgType: m.Get("MSH-9"), Original: []byte(original), Body: original,
+		Duplicates: dup, Policy: policy,
+	}
+	if p.assignSeqNo {
+		// The number comes from the queue's counter in the same
+		// transaction, so it survives restarts and duplicates skip it.
+		in.AssignSeqNo = true
+		in.Finalize = func(seq int64) (string, error) {
+			if err := m.SetRaw("MSH-13", strconv.FormatInt(seq, 10)); err != nil {
+				return "", err
+			}
+			return m.String(), nil
+		}
+	}
+	ch.rtt.Sent(id)
+	if p.enhanced == enhancedStandard {
+		gate, _ := ch.gates.LoadOrStore(c, &sync.Mutex{})
+		gate.(*sync.Mutex).Lock()
+		defer gate.(*sync.Mutex).Unlock()
+	}
+	res, err := ch.a.queueIntake(q, in)
+	switch {
+	case err != nil:
+		ch.rtt.Forget(id)
+		ch.log.Error("Cannot store message; asking the sender to resend", "remote", remote, "err", err)
+		ch.commitAck(c, m, p, hl7.CE, spool.ReasonStorage)
+	case res.Duplicate == spool.DuplicateConflict:
+		ch.rtt.Forget(id)
+		ch.log.Warn("Message rejected: its control id was already used", "remote", remote, "row", res.ID)
+		ch.commitAck(c, m, p, hl7.CR, spool.ReasonDuplicate)
+	case res.Duplicate == spool.DuplicateReplay:
+		ch.log.Info("Retransmission of a stored message; answering it again", "remote", remote, "row", res.ID)
+		if res.PriorResponse == nil || !ch.replay(q, c, res) {
+			ch.commitAck(c, m, p, hl7.CA, "")
+		}
+	default:
+		ch.commitAck(c, m, p, hl7.CA, "")
+	}
+}
+
+// commitAck sends the commit-level answer code (CA, CE or CR) as the
+// channel's mode has it: unchanged in standard enhanced mode, as AA, AE or
+// AR in AA mode, and not at all in original mode.
+func (ch *hl7Channel) commitAck(c *mllp.Conn, m *hl7.Message, p *hl7Params, code hl7.AckCode, text string) {
+	switch p.enhanced {
+	case enhancedOff:
+		return
+	case enhancedAA:
+		code = map[hl7.AckCode]hl7.AckCode{hl7.CA: hl7.AA, hl7.CE: hl7.AE, hl7.CR: hl7.AR}[code]
+	}
+	ch.send(c, hl7.BuildAck(m, code, hl7.AckOptions{Text: text}))
+}
+
+// replay answers a retransmission with the server's stored answer, through
+// the ack policy, and reports whether anything was written; the caller
+// holds the connection's gate.
+func (ch *hl7Channel) replay(q *durable, c *mllp.Conn, res spool.IntakeResult) bool {
+	out, written, err := ch.respond(c, &protocol.Message{Body: res.PriorResponse.Body, Remote: c.RemoteAddr()})
+	if err != nil {
+		ch.log.Warn("Cannot replay the stored answer", "remote", c.RemoteAddr(), "row", res.ID, "err", err)
+		return false
+	}
+	if out == spool.AckDelivered {
+		ctx, cancel := context.WithTimeout(ch.a.ctx, queueStatsTimeout)
+		defer cancel()
+		if err := q.store.MarkAck(ctx, res.ID, out); err != nil {
+			ch.log.Warn("Cannot record the replayed answer", "row", res.ID, "err", err)
+		}
+	}
+	return written
+}
+
 // throttle waits until interval has passed since the previous message of c
 // was dispatched. It reports false if the channel stopped meanwhile.
 func (ch *hl7Channel) throttle(c *mllp.Conn, interval time.Duration) bool {
@@ -337,14 +426,33 @@ func (ch *hl7Channel) send(c *mllp.Conn, m *hl7.Message) bool {
 }
 
 func (ch *hl7Channel) handleResponse(m *protocol.Message) error {
+	_, err := ch.relay(m)
+	return err
+}
+
+// relay routes a server response to the connection it answers and reports
+// whether it got there; one the ack policy suppresses counts as delivered.
+func (ch *hl7Channel) relay(m *protocol.Message) (spool.AckOutcome, error) {
 	c := ch.srv.Load().Conn(m.Remote)
 	if c == nil {
 		ch.log.Warn("Attempted to send message to disconnected remote: " + m.Remote)
-		return nil
+		return spool.AckUndelivered, nil
 	}
+	if gate, ok := ch.gates.Load(c); ok {
+		// Wait for the commit ACK of a message still being taken in.
+		gate.(*sync.Mutex).Lock()
+		gate.(*sync.Mutex).Unlock()
+	}
+	out, _, err := ch.respond(c, m)
+	return out, err
+}
+
+// respond writes the response m to c per the ack policy and reports the
+// outcome and whether anything was written.
+func (ch *hl7Channel) respond(c *mllp.Conn, m *protocol.Message) (spool.AckOutcome, bool, error) {
 	ack, err := hl7.Parse(m.Body)
 	if err != nil {
-		return errInvalidHL7
+		return spool.AckUndelivered, false, errInvalidHL7
 	}
 	id := ack.Get("MSA-2")
 	code := hl7.AckCode(strings.ToUpper(string(hl7.AckCodeOf(ack))))
@@ -352,19 +460,17 @@ func (ch *hl7Channel) handleResponse(m *protocol.Message) error {
 		ch.chLog.Debug("Skipping ACK", "remote", m.Remote, "id", id, "code", code)
 		// The exchange is complete even though nothing goes to the device.
 		ch.rtt.Acked(id)
-		return nil
+		return spool.AckDelivered, false, nil
 	}
 	ch.chLog.LogAttrs(context.Background(), slog.LevelInfo, "Sending ACK",
 		slog.String("remote", m.Remote), slog.String("id", id), slog.String("body", m.Body))
-	if gate, ok := ch.gates.Load(c); ok {
-		// Wait for the commit ACK of a message still being taken in.
-		gate.(*sync.Mutex).Lock()
-		gate.(*sync.Mutex).Unlock()
+	// Sampled before the write, so a device that has its answer finds it
+	// counted in stats.
+	ch.rtt.Acked(id)
+	if !ch.send(c, ack) {
+		return spool.AckUndelivered, false, nil
 	}
-	if ch.send(c, ack) {
-		ch.rtt.Acked(id)
-	}
-	return nil
+	return spool.AckDelivered, true, nil
 }
 
 // gc drops RTT entries that never got a response.

@@ -16,6 +16,7 @@ import (
 	"github.com/medplum-agent/medplum-agent/pkg/agent/rtt"
 	"github.com/medplum-agent/medplum-agent/pkg/logging"
 	"github.com/medplum-agent/medplum-agent/pkg/protocol"
+	"github.com/medplum-agent/medplum-agent/pkg/spool"
 )
 
 // upgradeUnsupported answers agent:upgrade:request: upgrades are done by
@@ -148,6 +149,8 @@ type stats struct {
 	OutstandingHeartbeats int                     `json:"outstandingHeartbeats"`
 	ChannelStats          map[string]channelStats `json:"channelStats"`
 	ClientStats           map[string]channelStats `json:"clientStats"`
+	// DurableQueue is present only while the queue is open.
+	DurableQueue *spool.Stats `json:"durableQueue,omitempty"`
 }
 
 type channelStats struct {
@@ -171,6 +174,16 @@ func (a *Agent) stats() *stats {
 		if h, ok := ch.(*hl7Channel); ok {
 			s.HL7ConnectionsOpen += h.conns.Load()
 			s.ChannelStats[name] = channelStats{RTT: h.rtt.Stats()}
+		}
+	}
+	if q := a.q.Load(); q != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), queueStatsTimeout)
+		defer cancel()
+		qs, err := q.store.Stats(ctx)
+		if err != nil {
+			a.log.Warn("Cannot read durable queue stats", "err", err)
+		} else {
+			s.DurableQueue = &qs
 		}
 	}
 	return s

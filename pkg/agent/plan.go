@@ -40,6 +40,7 @@ type settings struct {
 	logStatsEvery time.Duration // 0: off
 	strict        bool
 	push          push.Settings
+	queue         queueSettings
 }
 
 // Upper bounds of integer settings: far above any sensible value, low
@@ -85,6 +86,9 @@ func parseSettings(list []fhir.AgentSetting) (settings, []issue) {
 	}
 	s.logStatsEvery = time.Duration(integer("logStatsFreqSecs", maxLogStatsFreqSecs)) * time.Second
 	s.strict = boolean("strictConfigValidation")
+	var qIssues []issue
+	s.queue, qIssues = parseQueueSettings(find)
+	issues = append(issues, qIssues...)
 	s.push = push.Settings{
 		KeepAlive:           boolean("keepAlive"),
 		MaxClientsPerRemote: int(integer("maxClientsPerRemote", maxClientsPerRemote)),

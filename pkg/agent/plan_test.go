@@ -211,7 +211,9 @@ func TestParseHL7Params(t *testing.T) {
 			if len(issues) > 0 {
 				t.Errorf("issues: %v", issues)
 			}
-			if diff := cmp.Diff(tt.want, *got.(*hl7Params), cmp.AllowUnexported(hl7Params{})); diff != "" {
+			tt.want.queue = channelQueueParams{retry: unsetRetry()}
+			opt := cmp.AllowUnexported(hl7Params{}, channelQueueParams{}, retryConfig{})
+			if diff := cmp.Diff(tt.want, *got.(*hl7Params), opt); diff != "" {
 				t.Errorf("params (-want +got):\n%s", diff)
 			}
 		})

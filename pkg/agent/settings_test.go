@@ -71,7 +71,8 @@ func TestParseSettings(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, issues := parseSettings(tt.list)
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(settings{})); diff != "" {
+			tt.want.queue = queueSettings{enabled: true, retry: unsetRetry()}
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(settings{}, queueSettings{}, retryConfig{})); diff != "" {
 				t.Errorf("settings (-want +got):\n%s", diff)
 			}
 			var texts []string

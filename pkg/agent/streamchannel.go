@@ -13,6 +13,7 @@ import (
 	"github.com/medplum-agent/medplum-agent/pkg/astm"
 	"github.com/medplum-agent/medplum-agent/pkg/listener"
 	"github.com/medplum-agent/medplum-agent/pkg/protocol"
+	"github.com/medplum-agent/medplum-agent/pkg/spool"
 )
 
 // readChunk is how much one read from a device takes.
@@ -175,7 +176,7 @@ func (c *streamChannel) submitRaw(d *deviceConn, p *byteStreamParams, msg []byte
 	body := p.encodeBody(msg)
 	c.chLog.LogAttrs(context.Background(), slog.LevelInfo, "Received",
 		slog.String("remote", d.remote), slog.String("body", body))
-	if err := c.a.intake(kindBytes, c.name, d.remote, protocol.ContentTypeOctet, body); err != nil {
+	if err := c.a.intake(spool.KindBytes, c.name, d.remote, protocol.ContentTypeOctet, body); err != nil {
 		c.log.Error("Message not accepted; it is lost", "remote", d.remote, "err", err)
 	}
 }
@@ -209,25 +210,33 @@ func (c *streamChannel) conn(remote string) *deviceConn {
 // decoded per bodyEncoding. Empty bodies (a Bot that returns nothing, the
 // dev server's ack Bot for ASTM) are not written.
 func (c *streamChannel) handleResponse(m *protocol.Message) error {
+	_, err := c.relay(m)
+	return err
+}
+
+// relay writes m as handleResponse does and reports whether it reached the
+// device; a response the channel does not write counts as delivered.
+func (c *streamChannel) relay(m *protocol.Message) (spool.AckOutcome, error) {
 	p := c.params.Load()
 	if m.Body == "" || p.ignoreResponse {
-		return nil
+		return spool.AckDelivered, nil
 	}
 	data, err := p.decodeResponse(m.Body)
 	if err != nil {
-		return err
+		return spool.AckUndelivered, err
 	}
 	d := c.conn(m.Remote)
 	if d == nil {
 		c.log.Warn("Attempted to send message to disconnected remote: " + m.Remote)
-		return nil
+		return spool.AckUndelivered, nil
 	}
 	c.chLog.LogAttrs(context.Background(), slog.LevelInfo, "Sending response",
 		slog.String("remote", m.Remote), slog.String("body", m.Body))
 	if err := d.send(data); err != nil {
 		c.log.Warn("Failed to send to device", "remote", m.Remote, "err", err)
+		return spool.AckUndelivered, nil
 	}
-	return nil
+	return spool.AckDelivered, nil
 }
 
 // tcpStreamChannel is a tcp:// listener.

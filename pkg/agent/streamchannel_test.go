@@ -175,6 +175,8 @@ func TestByteStreamResponses(t *testing.T) {
 	port := freePort(t)
 	const query = "startChar=%02&endChar=%03"
 	e := newEnv(t, ch{name: "bs", address: tcpAddr(port, query+"&ignoreResponse=true")})
+	// The in-memory path, where responses are handled in link order.
+	e.setAgent("active", inMemory, ch{name: "bs", address: tcpAddr(port, query+"&ignoreResponse=true")})
 	e.start()
 	bot := e.holdBot()
 	d := dial(t, port)
@@ -186,7 +188,7 @@ func TestByteStreamResponses(t *testing.T) {
 	}
 	e.sendToAgent(respond(bot.next(t), "06"))
 	// Responses are handled in order, before the reload that follows.
-	e.setAgent("active", nil, ch{name: "bs", address: tcpAddr(port, query)})
+	e.setAgent("active", inMemory, ch{name: "bs", address: tcpAddr(port, query)})
 	if r := e.reload(); r.Type != protocol.TypeReloadConfigResp {
 		t.Fatalf("reload: %s %s", r.Type, r.Body)
 	}
@@ -429,7 +431,7 @@ func TestByteStreamReconfigure(t *testing.T) {
 
 	reload := func(query string) {
 		t.Helper()
-		e.setAgent("active", nil, ch{name: "bs", address: tcpAddr(port, query)})
+		e.setAgent("active", inMemory, ch{name: "bs", address: tcpAddr(port, query)})
 		if r := e.reload(); r.Type != protocol.TypeReloadConfigResp {
 			t.Fatalf("reload: %s %s", r.Type, r.Body)
 		}

@@ -241,7 +241,7 @@ func (s *Store) MarkAck(ctx context.Context, id int64, outcome AckOutcome) error
 	if !outcome.valid() {
 		return fmt.Errorf("spool: invalid ack outcome %q", outcome)
 	}
-	return s.write(ctx, func(tx *wtx) error { return tx.markAck(id, outcome) })
+	return s.writeRelaxed(ctx, func(tx *wtx) error { return tx.markAck(id, outcome) })
 }
 
 func (tx *wtx) markAck(id int64, outcome AckOutcome) error {

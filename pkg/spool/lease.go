@@ -43,7 +43,7 @@ func (s *Store) Lease(ctx context.Context) (LeaseInfo, error) {
 // acquireLease takes the lease if it is free, expired or already ours.
 func (s *Store) acquireLease(ctx context.Context) (bool, error) {
 	var n int64
-	err := s.write(ctx, func(tx *wtx) (err error) {
+	err := s.writeRelaxed(ctx, func(tx *wtx) (err error) {
 		now := tx.nowMs()
 		n, err = tx.changes(`INSERT INTO _lease (id, holder, acquired_at, expires_at) VALUES (1, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at,
@@ -58,7 +58,7 @@ func (s *Store) acquireLease(ctx context.Context) (bool, error) {
 // renewLease extends our lease; false means another process holds it now.
 func (s *Store) renewLease(ctx context.Context) (bool, error) {
 	var n int64
-	err := s.write(ctx, func(tx *wtx) (err error) {
+	err := s.writeRelaxed(ctx, func(tx *wtx) (err error) {
 		n, err = tx.changes("UPDATE _lease SET expires_at = ? WHERE id = 1 AND holder = ?", tx.nowMs()+leaseTTL.Milliseconds(), s.holder)
 		return err
 	})
@@ -66,7 +66,7 @@ func (s *Store) renewLease(ctx context.Context) (bool, error) {
 }
 
 func (s *Store) releaseLease(ctx context.Context) error {
-	return s.write(ctx, func(tx *wtx) error {
+	return s.writeRelaxed(ctx, func(tx *wtx) error {
 		return tx.exec("DELETE FROM _lease WHERE id = 1 AND holder = ?", s.holder)
 	})
 }
@@ -93,7 +93,7 @@ type recovery struct {
 // leader's claimed and in-flight rows are resolved before dispatch resumes.
 func (s *Store) recover(ctx context.Context) (recovery, error) {
 	var r recovery
-	err := s.write(ctx, func(tx *wtx) (err error) {
+	err := s.writeRelaxed(ctx, func(tx *wtx) (err error) {
 		if err := tx.requireLease(); err != nil {
 			return err
 		}

@@ -89,6 +89,9 @@ type Store struct {
 	wconn *sql.Conn
 	rdb   *sql.DB
 	stmts map[string]*sql.Stmt // committer goroutine only
+	// relaxedSync: the writer connection currently commits with
+	// synchronous=NORMAL (committer goroutine only).
+	relaxedSync bool
 
 	mu     sync.RWMutex // guards closed against sends on ops
 	closed bool
@@ -311,8 +314,11 @@ func (s *Store) checkpointLoop() {
 type op struct {
 	fn         func(tx *wtx) error
 	standalone bool
-	done       chan error // nil for submitAsync
-	state      atomic.Int32
+	// relaxed ops need not survive a power loss, only a crash: dispatch
+	// state changes, whose loss recovery turns into a second delivery.
+	relaxed bool
+	done    chan error // nil for submitAsync
+	state   atomic.Int32
 }
 
 // Op states: a submitter that gives up wins only while the op is pending,
@@ -330,6 +336,16 @@ func (s *Store) write(ctx context.Context, fn func(tx *wtx) error) error {
 	return s.submit(ctx, &op{fn: fn, done: make(chan error, 1)})
 }
 
+// writeRelaxed is write for changes that must survive a process crash but
+// not a power loss: in WAL mode a commit with synchronous=NORMAL is in the
+// operating system's hands when it returns, without an fsync. Only intake
+// needs the fsync: it is what a device was told "accepted". A dispatch state
+// change lost to a power cut is redone by recovery (at least once, never
+// lost), and the next synced commit makes everything before it durable.
+func (s *Store) writeRelaxed(ctx context.Context, fn func(tx *wtx) error) error {
+	return s.submit(ctx, &op{fn: fn, relaxed: true, done: make(chan error, 1)})
+}
+
 // writeStandalone runs fn outside a transaction on the writer connection.
 func (s *Store) writeStandalone(ctx context.Context, fn func(tx *wtx) error) error {
 	return s.submit(ctx, &op{fn: fn, standalone: true, done: make(chan error, 1)})
@@ -338,7 +354,7 @@ func (s *Store) writeStandalone(ctx context.Context, fn func(tx *wtx) error) err
 // submitAsync queues fn for the next commit without waiting for it; a
 // failure is logged. Ops keep their submission order.
 func (s *Store) submitAsync(ctx context.Context, fn func(tx *wtx) error) error {
-	return s.submit(ctx, &op{fn: fn})
+	return s.submit(ctx, &op{fn: fn, relaxed: true})
 }
 
 func (s *Store) submit(ctx context.Context, o *op) error {
@@ -445,6 +461,7 @@ func (s *Store) runBatch(batch []*op) {
 			ops = append(ops, o)
 		}
 	}
+	s.setSync(ops)
 	for len(ops) > 0 {
 		failed, err := s.runTx(tx, ops)
 		if failed < 0 {
@@ -456,6 +473,24 @@ func (s *Store) runBatch(batch []*op) {
 		s.finish(ops[failed], err)
 		ops = slices.Delete(ops, failed, failed+1)
 	}
+}
+
+// setSync commits the next transaction with synchronous=FULL when any of
+// ops needs it, NORMAL otherwise.
+func (s *Store) setSync(ops []*op) {
+	relaxed := !slices.ContainsFunc(ops, func(o *op) bool { return !o.relaxed })
+	if len(ops) == 0 || relaxed == s.relaxedSync {
+		return
+	}
+	level := "FULL"
+	if relaxed {
+		level = "NORMAL"
+	}
+	if err := (&wtx{s: s}).exec("PRAGMA synchronous=" + level); err != nil {
+		s.log.Warn("Cannot change the queue's sync level", "level", level, "err", err)
+		return
+	}
+	s.relaxedSync = relaxed
 }
 
 // runTx runs ops in one transaction. It returns the index of the op that

@@ -21,7 +21,7 @@ type claim struct {
 // its retry time, which blocks the whole channel to keep FIFO order.
 func (s *Store) claimNext(ctx context.Context, channel string) (claim, error) {
 	var c claim
-	err := s.write(ctx, func(tx *wtx) error {
+	err := s.writeRelaxed(ctx, func(tx *wtx) error {
 		c = claim{}
 		if err := tx.requireLease(); err != nil {
 			return err
@@ -65,7 +65,7 @@ func (s *Store) claimNext(ctx context.Context, channel string) (claim, error) {
 
 // markSent records that the current attempt was written to the socket.
 func (s *Store) markSent(ctx context.Context, id int64, attempt int, at time.Time) error {
-	return s.write(ctx, func(tx *wtx) error {
+	return s.writeRelaxed(ctx, func(tx *wtx) error {
 		return tx.exec("UPDATE messages SET state = 'inflight', sent_at = ? WHERE id = ? AND attempt_count = ? AND state = 'claimed'",
 			at.UnixMilli(), id, attempt)
 	})
@@ -74,7 +74,7 @@ func (s *Store) markSent(ctx context.Context, id int64, attempt int, at time.Tim
 // unclaim returns a row that provably never left the process to the head of
 // its queue.
 func (s *Store) unclaim(ctx context.Context, id int64, attempt int) error {
-	return s.write(ctx, func(tx *wtx) error {
+	return s.writeRelaxed(ctx, func(tx *wtx) error {
 		return tx.exec("UPDATE messages SET state = 'queued', processing_started_at = NULL WHERE id = ? AND attempt_count = ? AND state = 'claimed'",
 			id, attempt)
 	})
@@ -83,7 +83,7 @@ func (s *Store) unclaim(ctx context.Context, id int64, attempt int) error {
 // setPrepared stores the body Prepare produced, so a retry does not repeat
 // the upload.
 func (s *Store) setPrepared(ctx context.Context, id int64, attempt int, body string) error {
-	return s.write(ctx, func(tx *wtx) error {
+	return s.writeRelaxed(ctx, func(tx *wtx) error {
 		return tx.exec("UPDATE messages SET finalized_message = ?, blob_prepared = 1 WHERE id = ? AND attempt_count = ? AND state = 'claimed'",
 			[]byte(body), id, attempt)
 	})
@@ -108,7 +108,7 @@ type settlement struct {
 // waiting for its retry.
 func (s *Store) settle(ctx context.Context, st settlement) (bool, error) {
 	var n int64
-	err := s.write(ctx, func(tx *wtx) (err error) {
+	err := s.writeRelaxed(ctx, func(tx *wtx) (err error) {
 		if err := tx.requireLease(); err != nil {
 			return err
 		}

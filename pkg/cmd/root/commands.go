@@ -7,6 +7,7 @@ import (
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/devserver"
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/dicom"
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/hl7"
+	"github.com/medplum-agent/medplum-agent/pkg/cmd/queue"
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/register"
 	"github.com/medplum-agent/medplum-agent/pkg/cmd/run"
 	servicecmd "github.com/medplum-agent/medplum-agent/pkg/cmd/service"
@@ -20,6 +21,7 @@ func addCommands(root *cobra.Command, f *cmdutil.Factory) {
 	root.AddCommand(devserver.NewCmdDevServer(f, nil))
 	root.AddCommand(dicom.NewCmdDICOM(f))
 	root.AddCommand(run.NewCmdRun(f, nil))
+	root.AddCommand(queue.NewCmdQueue(f))
 	root.AddCommand(register.NewCmdRegister(f, nil))
 	root.AddCommand(servicecmd.NewCmdService(f, nil))
 }
