@@ -19,7 +19,7 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o medplum-agent ./cmd/medplum-agent
 
-test: peers vet cross-vet check-format unit
+test: peers vet cross-vet check-format unit release-check
 
 # Test peers: the published Medplum CLI (npm) into .peers/, and Debian packages
 # when they are missing and we are root (CI is). Installed only when absent.
