@@ -47,6 +47,10 @@ type Options struct {
 	// QueueResponseTimeout bounds the wait for the server's answer to one
 	// dispatch of a durably queued message; 0 → 60 s.
 	QueueResponseTimeout time.Duration
+	// UpgradeRestart restarts the process after a self-upgrade replaced
+	// the executable (through the service manager, or by re-executing
+	// it). nil: agent:upgrade:request is refused.
+	UpgradeRestart func(context.Context) error
 }
 
 const (
@@ -102,7 +106,10 @@ type Agent struct {
 	applyMu  sync.Mutex // serialises apply, reload and the final stop
 	channels map[string]channel
 	lastGood *plan
-	lock     *dirLock
+
+	upgradeURL atomic.Pointer[string] // the applied upgradeManifestUrl setting
+	upgrading  atomic.Bool
+	lock       *dirLock
 }
 
 // New checks the options and builds an agent; it does no I/O.
@@ -368,14 +375,26 @@ func (a *Agent) Stop(ctx context.Context) error {
 }
 
 // waitInflight waits until every delivered message has had its response,
-// or ctx ends.
+// or ctx ends. With the durable queue it claims nothing new and waits for
+// the rows in flight to settle, so a restart does not send them again.
 func (a *Agent) waitInflight(ctx context.Context) {
+	q := a.q.Load()
+	if q != nil {
+		q.disp.Quiesce()
+	}
+	pending := func() int64 {
+		n := a.inflight.Load()
+		if q != nil {
+			n += int64(q.disp.InFlight())
+		}
+		return n
+	}
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	for a.inflight.Load() > 0 {
+	for pending() > 0 {
 		select {
 		case <-ctx.Done():
-			a.log.Warn("Stopping with exchanges still in progress", "count", a.inflight.Load())
+			a.log.Warn("Stopping with exchanges still in progress", "count", pending())
 			return
 		case <-t.C:
 		}
@@ -463,7 +482,7 @@ func (a *Agent) handle(m *protocol.Message) {
 	case protocol.TypeStatsRequest:
 		a.replyStats(m)
 	case protocol.TypeUpgradeRequest:
-		a.sendControl(protocol.ErrorMessage(m.Callback, upgradeUnsupported))
+		a.submit(m, a.replyUpgrade)
 	}
 	// agent:error from the server is logged by the link; nothing to answer.
 }

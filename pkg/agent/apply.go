@@ -66,6 +66,7 @@ func (a *Agent) converge(p *plan) error {
 	}
 	a.active.Store(p.active)
 	a.setStatsEvery(p.settings.logStatsEvery)
+	a.upgradeURL.Store(&p.settings.upgradeURL)
 	a.out.pools.Apply(p.settings.push)
 	want := make(map[string]channelSpec, len(p.channels))
 	for _, s := range p.channels {

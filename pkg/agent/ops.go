@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
@@ -17,16 +16,56 @@ import (
 	"github.com/medplum-agent/medplum-agent/pkg/logging"
 	"github.com/medplum-agent/medplum-agent/pkg/protocol"
 	"github.com/medplum-agent/medplum-agent/pkg/spool"
+	"github.com/medplum-agent/medplum-agent/pkg/upgrade"
 )
 
-// upgradeUnsupported answers agent:upgrade:request: upgrades are done by
-// the package manager or installer, not by the agent itself.
-var upgradeUnsupported = func() string {
-	if runtime.GOOS == "windows" {
-		return "Auto-upgrading is not supported by this agent; install the new version instead"
+// upgradeTimeout bounds one self-upgrade: the manifest, the download and the
+// swap (the download has its own limits inside).
+const upgradeTimeout = 15 * time.Minute
+
+// replyUpgrade handles agent:upgrade:request (§5.2) on every platform:
+// resolve the release, then download, verify and swap the executable and
+// restart. The new process confirms to the server from upgrade.json; this
+// one answers only refusals and failures (nothing was changed then).
+func (a *Agent) replyUpgrade(m *protocol.Message) {
+	fail := func(text string) { a.sendControl(protocol.ErrorMessage(m.Callback, text)) }
+	if a.opt.UpgradeRestart == nil {
+		fail("Auto-upgrading is not available: this agent cannot restart itself here (run it as a service)")
+		return
 	}
-	return "Auto-upgrading is currently only supported on Windows"
-}()
+	if !a.upgrading.CompareAndSwap(false, true) && !m.Force {
+		fail("Pending upgrade is already in progress")
+		return
+	}
+	defer a.upgrading.Store(false)
+	ctx, cancel := context.WithTimeout(a.ctx, upgradeTimeout)
+	defer cancel()
+	opts := upgrade.Options{
+		App:            "medplum-agent",
+		CurrentVersion: a.opt.Version,
+		// No overall client timeout: the download is bounded by upgrade's own
+		// limits and ctx, and may take longer than an API call.
+		HTTPClient: &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: a.opt.TLSConfig}},
+		DataDir:    a.cfg.DataDir,
+		Restart:    a.opt.UpgradeRestart,
+		Logger:     a.log,
+	}
+	if u := a.upgradeURL.Load(); u != nil {
+		opts.ManifestURL = *u
+	}
+	u, err := upgrade.Plan(ctx, opts, upgrade.Request{Version: m.Version, Force: m.Force, Callback: m.Callback})
+	switch {
+	case err != nil:
+		fail(err.Error())
+	case u.UpToDate:
+		a.sendControl(&protocol.Message{Type: protocol.TypeUpgradeResponse, StatusCode: 200, Callback: m.Callback})
+	default:
+		a.log.Info("Upgrading", "from", a.opt.Version, "to", u.TargetVersion, "asset", u.Asset.Name)
+		if err := u.Apply(ctx); err != nil {
+			fail(fmt.Sprintf("Failed to upgrade to version %s. Agent still running with version %s: %v", u.TargetVersion, a.opt.Version, err))
+		}
+	}
+}
 
 // upgradeFileName is the manifest an upgrader leaves in the data dir for
 // the new version to confirm the upgrade to the server (§5.2):

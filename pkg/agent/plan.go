@@ -41,6 +41,7 @@ type settings struct {
 	strict        bool
 	push          push.Settings
 	queue         queueSettings
+	upgradeURL    string // release manifest URL template; "" = the default
 }
 
 // Upper bounds of integer settings: far above any sensible value, low
@@ -89,6 +90,13 @@ func parseSettings(list []fhir.AgentSetting) (settings, []issue) {
 	var qIssues []issue
 	s.queue, qIssues = parseQueueSettings(find)
 	issues = append(issues, qIssues...)
+	if v := find("upgradeManifestUrl"); v != nil {
+		if v.ValueString == nil {
+			issues = append(issues, warning("Invalid upgradeManifestUrl setting '%s'; expected a string. Ignoring.", settingText(v)))
+		} else {
+			s.upgradeURL = *v.ValueString
+		}
+	}
 	s.push = push.Settings{
 		KeepAlive:           boolean("keepAlive"),
 		MaxClientsPerRemote: int(integer("maxClientsPerRemote", maxClientsPerRemote)),

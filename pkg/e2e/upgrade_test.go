@@ -141,9 +141,7 @@ func TestUpgradeReplacesBinary(t *testing.T) {
 		DataDir:        dataDir,
 		Restart:        func(context.Context) error { restarts++; return nil },
 	}
-	// Force: like every version below 4.2.4, 1.1.0 is refused without it
-	// (the reference's downgrade warning).
-	p, err := upgrade.Plan(context.Background(), opts, upgrade.Request{Force: true, Callback: "upgrade-cb"})
+	p, err := upgrade.Plan(context.Background(), opts, upgrade.Request{Callback: "upgrade-cb"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,8 @@ type Dispatcher struct {
 	log  *slog.Logger
 	rnd  func(n int64) int64
 
-	downs atomic.Uint64 // link drops so far
+	downs     atomic.Uint64 // link drops so far
+	quiescing atomic.Bool   // claim nothing new: the agent is stopping
 
 	mu      sync.Mutex
 	workers map[string]*worker
@@ -125,6 +126,25 @@ func (d *Dispatcher) Start(ctx context.Context) {
 	go d.leaseLoop()
 }
 
+// Quiesce stops claiming rows, so that the ones in flight can settle
+// before a graceful stop: a row whose answer is recorded is not sent again
+// by the next process.
+func (d *Dispatcher) Quiesce() { d.quiescing.Store(true) }
+
+// InFlight counts the rows handed to the link whose answer has not been
+// settled yet.
+func (d *Dispatcher) InFlight() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, w := range d.workers {
+		if w.current() != nil {
+			n++
+		}
+	}
+	return n
+}
+
 // Stop stops the workers and releases the lease. Rows in flight stay
 // claimed or in flight for the next leader's recovery; stop the link first
 // so that rows it writes while flushing are recorded as sent.
@@ -164,7 +184,9 @@ func (d *Dispatcher) Wake(channel string) {
 // LiveChanged must be called when the link goes live or drops (wslink
 // Config.OnLive). It does not block.
 func (d *Dispatcher) LiveChanged(live bool) {
-	if !live {
+	// A drop caused by our own graceful stop is not a failed dispatch: the
+	// rows in flight stay in flight, for the next process's recovery.
+	if !live && !d.quiescing.Load() {
 		d.downs.Add(1)
 	}
 	d.mu.Lock()
@@ -482,7 +504,7 @@ func (w *worker) step(ctx context.Context) (time.Duration, bool) {
 	if f := w.current(); f != nil {
 		return w.watch(ctx, f), false
 	}
-	if !d.link.Live() {
+	if !d.link.Live() || d.quiescing.Load() {
 		return 0, true // LiveChanged(true) polls the channels again
 	}
 	c, err := d.s.claimNext(ctx, w.channel)

@@ -26,6 +26,7 @@ import (
 	"github.com/medplum-agent/medplum-agent/pkg/iostreams"
 	"github.com/medplum-agent/medplum-agent/pkg/logging"
 	"github.com/medplum-agent/medplum-agent/pkg/service"
+	"github.com/medplum-agent/medplum-agent/pkg/upgrade"
 	"github.com/medplum-agent/medplum-agent/pkg/wslink"
 )
 
@@ -140,6 +141,13 @@ func runRun(ctx context.Context, opts *Options) error {
 	defer channelLog.Close()
 	defer mainLog.Close()
 
+	// Created before anything can replace the executable: it records how to
+	// start this program again after a self-upgrade.
+	restart, err := upgrade.DefaultRestart("", os.Args)
+	if err != nil {
+		mainLog.Slog().Warn("Self-upgrade is not available", "err", err)
+		restart = nil
+	}
 	a, err := agent.New(agent.Options{
 		Config:     cfg,
 		Version:    build.AgentVersion(),
@@ -149,6 +157,7 @@ func runRun(ctx context.Context, opts *Options) error {
 		ChannelLog: channelLog.Slog(),
 		// Leave room for the link to flush after exchanges finish.
 		ShutdownTimeout: opts.ShutdownTimeout,
+		UpgradeRestart:  restart,
 	})
 	if err != nil {
 		return cmdutil.WithCode(cmdutil.ExitConfig, err)
