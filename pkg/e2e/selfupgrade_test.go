@@ -1,15 +1,11 @@
 package e2e
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -25,26 +21,7 @@ func TestRunSelfUpgrade(t *testing.T) {
 	v100 := buildVersion(t, dir, "1.0.0")
 	v110 := buildVersion(t, dir, "1.1.0")
 
-	base := fmt.Sprintf("medplum-agent_1.1.0_%s_%s", runtime.GOOS, runtime.GOARCH)
-	archive := goreleaserArchive(t, base, v110)
-	digest := sha256.Sum256(archive)
-	files := map[string][]byte{
-		base + ".tar.gz": archive,
-		"checksums.txt":  []byte(hex.EncodeToString(digest[:]) + "  " + base + ".tar.gz\n"),
-	}
-	mux := http.NewServeMux()
-	rel := httptest.NewServer(mux) // plain HTTP is accepted on loopback only
-	defer rel.Close()
-	mux.HandleFunc("/releases/v1.1.0.json", func(w http.ResponseWriter, r *http.Request) {
-		var assets []map[string]string
-		for name := range files {
-			assets = append(assets, map[string]string{"name": name, "browser_download_url": rel.URL + "/dl/" + name})
-		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"tag_name": "v1.1.0", "assets": assets})
-	})
-	mux.HandleFunc("/dl/{file}", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write(files[r.PathValue("file")])
-	})
+	rel := serveRelease(t, "1.1.0", v110, httptest.NewServer) // plain HTTP is accepted on loopback only
 
 	installed := filepath.Join(dir, "install", "medplum-agent")
 	if err := os.MkdirAll(filepath.Dir(installed), 0o755); err != nil {

@@ -82,38 +82,42 @@ func goreleaserArchive(t *testing.T, name, exe string) []byte {
 
 // TestUpgradeReplacesBinary publishes a real 1.1.0 build from a local
 // manifest and asset server and upgrades a copy of a real 1.0.0 build.
-func TestUpgradeReplacesBinary(t *testing.T) {
-	dir := t.TempDir()
-	v100 := buildVersion(t, dir, "1.0.0")
-	v110 := buildVersion(t, dir, "1.1.0")
-
-	base := fmt.Sprintf("medplum-agent_1.1.0_%s_%s", runtime.GOOS, runtime.GOARCH)
-	archive := goreleaserArchive(t, base, v110)
+// serveRelease serves version as a release whose manifest answers both
+// /releases/latest.json and /releases/v<version>.json, with exe packed as
+// goreleaser does and its checksum in checksums.txt.
+func serveRelease(t *testing.T, version, exe string, newServer func(http.Handler) *httptest.Server) *httptest.Server {
+	t.Helper()
+	base := fmt.Sprintf("medplum-agent_%s_%s_%s", version, runtime.GOOS, runtime.GOARCH)
+	archive := goreleaserArchive(t, base, exe)
 	digest := sha256.Sum256(archive)
 	files := map[string][]byte{
 		base + ".tar.gz": archive,
 		"checksums.txt":  []byte(hex.EncodeToString(digest[:]) + "  " + base + ".tar.gz\n"),
 	}
 	mux := http.NewServeMux()
-	srv := httptest.NewTLSServer(mux)
-	defer srv.Close()
-	mux.HandleFunc("/releases/latest.json", func(w http.ResponseWriter, r *http.Request) {
-		type asset struct {
-			Name string `json:"name"`
-			URL  string `json:"browser_download_url"`
-		}
-		m := struct {
-			TagName string  `json:"tag_name"`
-			Assets  []asset `json:"assets"`
-		}{TagName: "v1.1.0"}
+	srv := newServer(mux)
+	t.Cleanup(srv.Close)
+	manifest := func(w http.ResponseWriter, r *http.Request) {
+		var assets []map[string]string
 		for name := range files {
-			m.Assets = append(m.Assets, asset{name, srv.URL + "/dl/" + name})
+			assets = append(assets, map[string]string{"name": name, "browser_download_url": srv.URL + "/dl/" + name})
 		}
-		_ = json.NewEncoder(w).Encode(m)
-	})
+		_ = json.NewEncoder(w).Encode(map[string]any{"tag_name": "v" + version, "assets": assets})
+	}
+	mux.HandleFunc("/releases/latest.json", manifest)
+	mux.HandleFunc("/releases/v"+version+".json", manifest)
 	mux.HandleFunc("/dl/{file}", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(files[r.PathValue("file")])
 	})
+	return srv
+}
+
+func TestUpgradeReplacesBinary(t *testing.T) {
+	dir := t.TempDir()
+	v100 := buildVersion(t, dir, "1.0.0")
+	v110 := buildVersion(t, dir, "1.1.0")
+
+	srv := serveRelease(t, "1.1.0", v110, httptest.NewTLSServer)
 
 	installed := filepath.Join(dir, "install", "medplum-agent")
 	if err := os.MkdirAll(filepath.Dir(installed), 0o755); err != nil {
