@@ -121,6 +121,14 @@ func (l *Link) readLoop(s *session) {
 		if m == nil {
 			continue
 		}
+		// A frame may itself end the session (an "Invalid access token"
+		// error forces a reconnect): hand it over first while there is
+		// room, so the Handler still sees it.
+		select {
+		case l.inbound <- m:
+			continue
+		default:
+		}
 		select {
 		case l.inbound <- m:
 		case <-s.ctx.Done():
