@@ -421,6 +421,7 @@ type flight struct {
 	// Worker goroutine only.
 	recorded bool      // inflight state committed
 	deadline time.Time // zero: not armed
+	armedAt  uint64    // link drops counted when the deadline of an unsent row was armed
 }
 
 func (w *worker) signal() {
@@ -537,7 +538,7 @@ func (w *worker) send(ctx context.Context, row Row) time.Duration {
 		}
 		row.Body = body
 	}
-	f := &flight{row: row, callback: row.WireCallback()}
+	f := &flight{row: row, callback: row.WireCallback(), armedAt: d.downs.Load()}
 	w.setCur(f) // before Enqueue, so OnSent finds it
 	err := d.link.Enqueue(&protocol.Message{
 		Type:        protocol.TypeTransmitRequest,
@@ -599,6 +600,12 @@ func (w *worker) watch(ctx context.Context, f *flight) time.Duration {
 	case !sent && !d.link.Live():
 		f.deadline = time.Time{}
 		return untilSignal
+	case !sent && d.downs.Load() != f.armedAt:
+		// The link went down and came back since the deadline was armed,
+		// perhaps too briefly for this worker to see it: only time while
+		// live counts, so start again.
+		f.armedAt = d.downs.Load()
+		f.deadline = now.Add(d.opt.ResponseTimeout)
 	case f.deadline.IsZero():
 		f.deadline = now.Add(d.opt.ResponseTimeout)
 	}
