@@ -512,7 +512,9 @@ func (sp *dicomSpool) open() (int, error) {
 		name := e.Name()
 		switch {
 		case e.IsDir():
-		case strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".part"):
+		case strings.HasPrefix(name, "."):
+			// A temporary file of a write that never finished (atomicfile
+			// names them hidden): its C-STORE was never answered Success.
 			os.Remove(filepath.Join(sp.dir, name))
 		case strings.HasSuffix(name, dicomFileExt) && len(sp.todo) < maxSpooled:
 			sp.todo = append(sp.todo, name)

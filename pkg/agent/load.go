@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/medplum-agent/medplum-agent/pkg/fhir"
+
+	"github.com/medplum-agent/medplum-agent/pkg/atomicfile"
 )
 
 // maxParallelReads bounds concurrent Endpoint reads during a reload.
@@ -77,7 +79,7 @@ func (a *Agent) saveSnapshot(p *plan) {
 		Endpoints:    p.endpoints,
 	}, "", "  ")
 	if err == nil {
-		err = writeFileAtomic(a.snapshotPath(), b)
+		err = atomicfile.WriteBytes(a.snapshotPath(), 0o600, b)
 	}
 	if err != nil {
 		a.log.Error("Cannot write the last-good config snapshot", "err", err)
@@ -147,28 +149,4 @@ func readFileLimited(path string, limit int64) ([]byte, error) {
 		return nil, errors.New("file too large")
 	}
 	return data, nil
-}
-
-// writeFileAtomic replaces path with data so that a reader (or a crash)
-// sees either the old or the new content, never a mix.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }

@@ -2,14 +2,12 @@ package config
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"unicode"
+
+	"github.com/medplum-agent/medplum-agent/pkg/atomicfile"
 )
 
 // MaxPropertiesSize bounds a properties file; real ones are a few hundred
@@ -81,47 +79,10 @@ func encodeProperties(kv [][2]string) ([]byte, error) {
 // The file is written to a temporary file in the same directory, synced and
 // renamed into place, so a crash leaves either the old or the new file. The
 // mode is 0600: the file holds the client secret.
-func WriteProperties(path string, kv [][2]string) (err error) {
+func WriteProperties(path string, kv [][2]string) error {
 	data, err := encodeProperties(kv)
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	// CreateTemp makes the file 0600, which the rename carries over.
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-// syncDir makes a rename durable. Windows cannot open directories for
-// syncing; NTFS journals the rename itself.
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
+	return atomicfile.WriteBytes(path, 0o600, data)
 }

@@ -6,11 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
+
+	"github.com/medplum-agent/medplum-agent/pkg/atomicfile"
 )
 
 // FileMeta is the File Meta Information (group 0002) of a Part-10 file.
@@ -225,56 +224,19 @@ var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 256<<1
 // goes to a temporary file in the same directory, is fsynced, renamed over
 // path, and the directory is fsynced. On any error the temporary file is
 // removed, so readers of the directory never see a partial file.
-func WriteFileAtomic(path string, fill func(w io.Writer) error) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".*.part")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
+func WriteFileAtomic(path string, fill func(w io.Writer) error) error {
+	return atomicfile.Write(path, 0o600, func(f io.Writer) error {
+		// Fragments arrive in PDU-sized pieces; fewer, larger writes are
+		// measurably cheaper. Pooled, as one instance is written after
+		// another.
+		bw := writers.Get().(*bufio.Writer)
+		bw.Reset(f)
+		err := fill(bw)
+		if err == nil {
+			err = bw.Flush()
 		}
-	}()
-	// Fragments arrive in PDU-sized pieces; fewer, larger writes are
-	// measurably cheaper. Pooled, as one instance is written after another.
-	bw := writers.Get().(*bufio.Writer)
-	bw.Reset(f)
-	err = fill(bw)
-	if err == nil {
-		err = bw.Flush()
-	}
-	bw.Reset(nil)
-	writers.Put(bw)
-	if err != nil {
+		bw.Reset(nil)
+		writers.Put(bw)
 		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-// syncDir makes a rename in dir durable. Windows cannot fsync a directory;
-// NTFS journals the rename itself.
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	})
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+
+	"github.com/medplum-agent/medplum-agent/pkg/atomicfile"
 )
 
 // Service names. Every platform installs one instance under a fixed name,
@@ -194,16 +196,7 @@ func writeFile(path string, data []byte, perm os.FileMode, dryRun bool) (Action,
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return "", err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, perm); err != nil {
-		return "", err
-	}
-	if err := os.Chmod(tmp, perm); err != nil { // WriteFile's perm is subject to the umask
-		os.Remove(tmp)
-		return "", err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.WriteBytes(path, perm, data); err != nil {
 		return "", err
 	}
 	return action, nil

@@ -7,11 +7,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/medplum-agent/medplum-agent/pkg/atomicfile"
 )
 
 // Large payloads (DICOM instances) live in files next to the database; the
@@ -68,7 +69,7 @@ func (s *Store) PutBlob(r io.Reader) (name string, err error) {
 	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
 		return "", fmt.Errorf("spool: %w", err)
 	}
-	if err = syncDir(dir); err != nil {
+	if err = atomicfile.SyncDir(dir); err != nil {
 		return "", fmt.Errorf("spool: syncing blob directory: %w", err)
 	}
 	return name, nil
@@ -127,17 +128,4 @@ func (s *Store) removeOrphanBlobs(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// syncDir makes a rename durable. Windows cannot open directories for
-// syncing; NTFS journals the rename itself.
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
 }

@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+
+	"github.com/medplum-agent/medplum-agent/pkg/atomicfile"
 )
 
 // FileName is the handoff file the new process reads from the data dir.
@@ -308,7 +310,8 @@ func swap(exe, old, tmp string) error {
 		if err := os.Rename(tmp, exe); err != nil {
 			return errors.Join(err, os.Remove(old))
 		}
-		syncDir(filepath.Dir(exe))
+		// The renames already happened; making them durable is best effort.
+		_ = atomicfile.SyncDir(filepath.Dir(exe))
 		return nil
 	}
 	if err := os.Rename(exe, old); err != nil {
@@ -317,18 +320,9 @@ func swap(exe, old, tmp string) error {
 	if err := os.Rename(tmp, exe); err != nil {
 		return errors.Join(err, os.Rename(old, exe))
 	}
-	syncDir(filepath.Dir(exe))
+	// The renames already happened; making them durable is best effort.
+	_ = atomicfile.SyncDir(filepath.Dir(exe))
 	return nil
-}
-
-// syncDir makes renames in dir durable; not every platform can sync a
-// directory, and the renames themselves already happened, so it is best
-// effort.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
 }
 
 // handoff is what the new process reads at start (agent ops.go).
@@ -351,18 +345,5 @@ func (p *Upgrade) writeUpgradeFile(dst string) error {
 	if err := os.MkdirAll(p.opts.DataDir, 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(p.opts.DataDir, ".upgrade-*.json") // CreateTemp uses 0600
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	_, err = f.Write(data)
-	if err = errors.Join(err, f.Sync(), f.Close()); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), dst); err != nil {
-		return err
-	}
-	syncDir(p.opts.DataDir)
-	return nil
+	return atomicfile.WriteBytes(dst, 0o600, data)
 }
