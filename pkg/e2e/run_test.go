@@ -69,10 +69,30 @@ func startDevServer(t *testing.T, s site, listen string, extra ...string) (*proc
 func startAgent(t *testing.T, s site, baseURL, dataDir string) *proc {
 	t.Helper()
 	p := startProc(t, "", "run", baseURL, devClient, devSecret, devAgent, "--data-dir", dataDir)
+	t.Cleanup(func() {
+		if t.Failed() {
+			logMainTail(t, dataDir)
+		}
+	})
 	for _, port := range s.ports {
 		waitPort(t, port, 20*time.Second)
 	}
 	return p
+}
+
+// logMainTail logs the end of the agent's main logs in dataDir: its stderr
+// is not a terminal, so that is where it wrote.
+func logMainTail(t *testing.T, dataDir string) {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dataDir, "medplum-agent-main-*.log"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		t.Logf("%s (last lines):\n%s", filepath.Base(f), strings.Join(lines[max(0, len(lines)-60):], "\n"))
+	}
 }
 
 func recorded(t *testing.T, path string) []map[string]string {

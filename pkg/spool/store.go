@@ -3,6 +3,7 @@ package spool
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -17,7 +18,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // DefaultFileName is the database file name inside the data directory.
@@ -32,11 +34,19 @@ const (
 	busyTimeout = 5 * time.Second
 	// checkpointEvery paces background checkpoints while writes happen.
 	checkpointEvery = 200 * time.Millisecond
-	// walBackstopPages lets SQLite checkpoint on commit only if the
-	// background checkpoints fall far behind.
-	walBackstopPages = 10_000
+	// walBackstopPages lets SQLite checkpoint on commit when the background
+	// checkpoints cannot finish: under steady writes a passive checkpoint
+	// never catches up with the last frame, so only this one lets the WAL
+	// start over. SQLite's default; it keeps the WAL within a few MiB.
+	walBackstopPages = 1000
 	// walSizeLimit truncates the WAL file back to this size after a spike.
-	walSizeLimit = 64 << 20
+	walSizeLimit = 8 << 20
+	// Below lowDiskBytes free, or after a full disk, the WAL is checkpointed
+	// every lowDiskWALPages and truncated each time it starts over, so it
+	// cannot take the last free space and leave the checkpoint, which must
+	// grow the database file, none to work with.
+	lowDiskBytes    = 64 << 20
+	lowDiskWALPages = 32
 	// maxBatch bounds one group commit, so a burst cannot build an
 	// arbitrarily large transaction.
 	maxBatch = 256
@@ -92,6 +102,10 @@ type Store struct {
 	// relaxedSync: the writer connection currently commits with
 	// synchronous=NORMAL (committer goroutine only).
 	relaxedSync bool
+	// walLow: the writer connection has the low-disk WAL settings
+	// (committer goroutine only); lowDisk says it should.
+	walLow  bool
+	lowDisk atomic.Bool
 
 	mu     sync.RWMutex // guards closed against sends on ops
 	closed bool
@@ -144,6 +158,9 @@ func Open(opt Options) (*Store, error) {
 	if err := s.openDBs(opt.Existing, fresh); err != nil {
 		s.closeDBs()
 		return nil, err
+	}
+	if !opt.Existing {
+		s.checkDiskFree()
 	}
 	go s.commitLoop()
 	if !opt.Existing {
@@ -277,7 +294,7 @@ func (s *Store) Close() error {
 	<-s.committerDone
 	// Operator tools leave the WAL to the agent: a TRUNCATE checkpoint
 	// would hold up its writes.
-	if !s.existing {
+	if !s.existing && s.wconn != nil {
 		if _, err := s.wconn.ExecContext(context.Background(), "PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
 			s.log.Warn("Queue checkpoint on close failed", "err", err)
 		}
@@ -297,6 +314,7 @@ func (s *Store) checkpointLoop() {
 			return
 		case <-t.C:
 		}
+		s.checkDiskFree()
 		if !s.dirty.Swap(false) {
 			continue
 		}
@@ -304,6 +322,19 @@ func (s *Store) checkpointLoop() {
 		if err := s.rdb.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &copied); err != nil {
 			s.log.Warn("Queue checkpoint failed", "err", err)
 		}
+	}
+}
+
+// checkDiskFree sets lowDisk from the free space, with some hysteresis so
+// that the setting does not flip back and forth.
+func (s *Store) checkDiskFree() {
+	free, ok := diskFree(filepath.Dir(s.path))
+	switch {
+	case !ok:
+	case free < lowDiskBytes:
+		s.lowDisk.Store(true)
+	case free > 2*lowDiskBytes:
+		s.lowDisk.Store(false)
 	}
 }
 
@@ -449,6 +480,15 @@ func (s *Store) collect(batch *[]*op, target int) bool {
 // the others run again in a new one. Failures are rare, so this is cheaper
 // than a savepoint around every op.
 func (s *Store) runBatch(batch []*op) {
+	if err := s.writer(); err != nil {
+		for _, o := range batch {
+			if o.state.CompareAndSwap(opPending, opRunning) {
+				s.finish(o, err)
+			}
+		}
+		return
+	}
+	s.tuneWAL()
 	tx := &wtx{s: s, now: s.now()}
 	var ops []*op
 	for _, o := range batch {
@@ -464,6 +504,12 @@ func (s *Store) runBatch(batch []*op) {
 	s.setSync(ops)
 	for len(ops) > 0 {
 		failed, err := s.runTx(tx, ops)
+		if storageFailure(err) {
+			// Not this op's fault: the others would fail the same way.
+			s.lowDisk.Store(true)
+			s.resetWriter()
+			failed = -1
+		}
 		if failed < 0 {
 			for _, o := range ops {
 				s.finish(o, err)
@@ -472,6 +518,75 @@ func (s *Store) runBatch(batch []*op) {
 		}
 		s.finish(ops[failed], err)
 		ops = slices.Delete(ops, failed, failed+1)
+	}
+}
+
+// storageFailure reports a full disk or an I/O error, after which SQLite
+// can leave the connection's pager in its error state: every later write
+// fails the same way even once space is freed.
+func storageFailure(err error) bool {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code() & 0xff {
+	case sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR:
+		return true
+	}
+	return false
+}
+
+// resetWriter drops the writer connection after a storage failure; the
+// next batch opens a fresh one, which rereads the database from disk.
+func (s *Store) resetWriter() {
+	for _, st := range s.stmts {
+		_ = st.Close()
+	}
+	clear(s.stmts)
+	// ErrBadConn makes the pool discard the connection instead of keeping it.
+	_ = s.wconn.Raw(func(any) error { return driver.ErrBadConn })
+	_ = s.wconn.Close()
+	s.wconn = nil
+	s.log.Warn("Reopening the queue database after a storage error")
+}
+
+// writer makes sure the committer has a connection.
+func (s *Store) writer() error {
+	if s.wconn != nil {
+		return nil
+	}
+	conn, err := s.wdb.Conn(context.Background())
+	if err != nil {
+		return fmt.Errorf("spool: reopening %s: %w", s.path, err)
+	}
+	s.wconn, s.relaxedSync, s.walLow = conn, false, false // as the DSN sets them
+	// Fold the WAL into the database and truncate it: after a full disk it
+	// is often the WAL that holds the space.
+	if _, err := conn.ExecContext(context.Background(), "PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
+		s.log.Warn("Queue checkpoint after a storage error failed", "err", err)
+	}
+	return nil
+}
+
+// tuneWAL applies the WAL settings for the disk's free space.
+func (s *Store) tuneWAL() {
+	low := s.lowDisk.Load()
+	if low == s.walLow {
+		return
+	}
+	pages, limit := walBackstopPages, walSizeLimit
+	if low {
+		pages, limit = lowDiskWALPages, 0
+	}
+	tx := &wtx{s: s}
+	if err := errors.Join(tx.exec(fmt.Sprintf("PRAGMA wal_autocheckpoint=%d", pages)),
+		tx.exec(fmt.Sprintf("PRAGMA journal_size_limit=%d", limit))); err != nil {
+		s.log.Warn("Cannot change the queue's WAL settings", "err", err)
+		return
+	}
+	s.walLow = low
+	if low {
+		s.log.Warn("Little disk space left for the queue: checkpointing often", "path", s.path)
 	}
 }
 
