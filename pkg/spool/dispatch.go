@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,7 +37,7 @@ type DispatchOptions struct {
 	// attempt; default 60 s.
 	ResponseTimeout time.Duration
 	// OnSettled is called for every row that reaches a terminal state, on
-	// its channel's worker and in FIFO order, so it must not block for
+	// its channel's worker, so it must not block for
 	// long. When Relay is set it delivers Response to the device and
 	// returns AckDelivered or AckUndelivered; otherwise its result is
 	// ignored.
@@ -46,13 +47,23 @@ type DispatchOptions struct {
 	// It runs once per row unless it fails; a failure is retried like a
 	// server error.
 	Prepare func(ctx context.Context, r Row) (string, error)
-	Logger  *slog.Logger
+	// MaxInFlight bounds the rows of one channel sent and not yet answered;
+	// they are always sent in id order and come from different device
+	// connections, so the messages of one connection are never in flight
+	// together. Default DefaultMaxInFlight; 1 sends one row of the channel
+	// at a time, as the reference does.
+	MaxInFlight int
+	Logger      *slog.Logger
 	// Now must be the clock the Store uses.
 	Now func() time.Time
 }
 
 // DefaultResponseTimeout is the reference's per-attempt response timeout.
 const DefaultResponseTimeout = 60 * time.Second
+
+// DefaultMaxInFlight lets the connections of a busy channel share the
+// server round trip.
+const DefaultMaxInFlight = 16
 
 const (
 	// errorRetry paces a worker after a database error or a refused Enqueue.
@@ -65,8 +76,9 @@ const (
 )
 
 // Dispatcher sends queued rows to the server: one worker goroutine per
-// channel with work, one row in flight per channel, in id order, only while
-// the link is live and only while this process holds the dispatch lease.
+// channel with work, rows in id order with at most one in flight per device
+// connection (and MaxInFlight per channel), only while the link is live and
+// only while this process holds the dispatch lease.
 type Dispatcher struct {
 	s    *Store
 	link Link
@@ -74,8 +86,9 @@ type Dispatcher struct {
 	log  *slog.Logger
 	rnd  func(n int64) int64
 
-	downs     atomic.Uint64 // link drops so far
-	quiescing atomic.Bool   // claim nothing new: the agent is stopping
+	maxInFlight atomic.Int64
+	downs       atomic.Uint64 // link drops so far
+	quiescing   atomic.Bool   // claim nothing new: the agent is stopping
 
 	mu      sync.Mutex
 	workers map[string]*worker
@@ -99,12 +112,27 @@ func NewDispatcher(s *Store, link Link, opt DispatchOptions) *Dispatcher {
 	if opt.Now == nil {
 		opt.Now = s.now
 	}
-	return &Dispatcher{
+	d := &Dispatcher{
 		s: s, link: link, opt: opt, log: opt.Logger,
 		rnd:     rand.Int64N,
 		workers: map[string]*worker{},
 		poll:    make(chan struct{}, 1),
 	}
+	d.SetMaxInFlight(opt.MaxInFlight)
+	return d
+}
+
+// SetMaxInFlight changes DispatchOptions.MaxInFlight; 0 means the default.
+func (d *Dispatcher) SetMaxInFlight(n int) {
+	if n <= 0 {
+		n = DefaultMaxInFlight
+	}
+	d.maxInFlight.Store(int64(n))
+	d.mu.Lock()
+	for _, w := range d.workers {
+		w.signal()
+	}
+	d.mu.Unlock()
 }
 
 // Start makes a first attempt to take the dispatch lease, then keeps
@@ -138,9 +166,7 @@ func (d *Dispatcher) InFlight() int {
 	defer d.mu.Unlock()
 	n := 0
 	for _, w := range d.workers {
-		if w.current() != nil {
-			n++
-		}
+		n += w.inFlight()
 	}
 	return n
 }
@@ -214,11 +240,7 @@ func (d *Dispatcher) OnSent(m *protocol.Message) {
 	if w == nil {
 		return
 	}
-	w.mu.Lock()
-	if f := w.cur; f != nil && f.callback == m.Callback && !f.sent {
-		f.sent, f.sentAt, f.downs = true, d.opt.Now(), d.downs.Load()
-	}
-	w.mu.Unlock()
+	w.markSent(m.Callback, d.opt.Now(), d.downs.Load())
 	w.signal()
 }
 
@@ -406,11 +428,17 @@ type worker struct {
 	wake    chan struct{} // capacity 1: signals coalesce
 
 	mu        sync.Mutex
-	cur       *flight
+	flights   []*flight // in id order
 	responses []*protocol.Message
+
+	// Worker goroutine only.
+	late []*outcome // settlements of rows no longer in flight
+	// blocked: the head row waits for a connection with a row in flight.
+	// Intakes only add rows behind it, so only a settlement unblocks it.
+	blocked bool
 }
 
-// flight is the row of a channel that was handed to the link.
+// flight is a row of the channel that was handed to the link.
 type flight struct {
 	row      Row
 	callback string
@@ -422,6 +450,16 @@ type flight struct {
 	recorded bool      // inflight state committed
 	deadline time.Time // zero: not armed
 	armedAt  uint64    // link drops counted when the deadline of an unsent row was armed
+	done     *outcome  // how the attempt ended, waiting for its commit
+}
+
+// outcome is a settlement on its way to the database, with what is needed
+// to report it afterwards.
+type outcome struct {
+	row   Row
+	resp  *Response
+	relay bool
+	st    settlement
 }
 
 func (w *worker) signal() {
@@ -445,16 +483,28 @@ func (w *worker) push(m *protocol.Message) {
 	w.signal()
 }
 
-func (w *worker) current() *flight {
+func (w *worker) inFlight() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.cur
+	return len(w.flights)
 }
 
-func (w *worker) setCur(f *flight) {
+// markSent is OnSent for this channel.
+func (w *worker) markSent(callback string, at time.Time, downs uint64) {
 	w.mu.Lock()
-	w.cur = f
-	w.mu.Unlock()
+	defer w.mu.Unlock()
+	for _, f := range w.flights {
+		if f.callback == callback && !f.sent {
+			f.sent, f.sentAt, f.downs = true, at, downs
+			return
+		}
+	}
+}
+
+func (w *worker) snapshot() []*flight {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.flights)
 }
 
 func (w *worker) run(ctx context.Context) {
@@ -487,12 +537,16 @@ func (w *worker) run(ctx context.Context) {
 	}
 }
 
-// step makes what progress it can and says how long to sleep; idle means
-// the channel has nothing to do (or this process may not dispatch).
+// step makes what progress it can in one transaction and says how long to
+// sleep; idle means the channel has nothing to do (or this process may not
+// dispatch).
 func (w *worker) step(ctx context.Context) (time.Duration, bool) {
 	d := w.d
 	if !d.s.leader.Load() {
-		w.setCur(nil) // the new leader recovers it
+		w.mu.Lock()
+		w.flights = nil // the new leader recovers them
+		w.mu.Unlock()
+		w.late = nil
 		return 0, true
 	}
 	w.mu.Lock()
@@ -502,59 +556,135 @@ func (w *worker) step(ctx context.Context) (time.Duration, bool) {
 	for _, m := range resps {
 		w.handleResponse(ctx, m)
 	}
-	if f := w.current(); f != nil {
-		return w.watch(ctx, f), false
+
+	flights := w.snapshot()
+	wait := untilSignal
+	var marks []sentMark
+	var marked, open []*flight
+	var outcomes []*outcome
+	for _, f := range flights {
+		if f.done == nil {
+			mark, next := w.watch(f)
+			if mark {
+				marks = append(marks, sentMark{id: f.row.ID, attempt: f.row.Attempt, at: f.sentAt})
+				marked = append(marked, f)
+			}
+			wait = shorter(wait, next)
+		}
+		if f.done != nil {
+			outcomes = append(outcomes, f.done)
+		} else {
+			open = append(open, f)
+		}
 	}
-	if !d.link.Live() || d.quiescing.Load() {
-		return 0, true // LiveChanged(true) polls the channels again
+	outcomes = append(outcomes, w.late...)
+	req := claimRequest{}
+	if d.link.Live() && !d.quiescing.Load() {
+		req.n = int(d.maxInFlight.Load()) - len(open)
+		req.busy = make(map[string]bool, len(open))
+		for _, f := range open {
+			req.busy[f.row.Remote] = true
+		}
 	}
-	c, err := d.s.claimNext(ctx, w.channel)
+	if len(open) == 0 {
+		w.blocked = false // whatever blocked the head is gone
+	}
+	if len(outcomes) == 0 && w.blocked {
+		req.n = 0
+	}
+	if len(marks) == 0 && len(outcomes) == 0 && req.n <= 0 {
+		return wait, len(flights) == 0
+	}
+	settles := make([]settlement, len(outcomes))
+	for i, o := range outcomes {
+		settles[i] = o.st
+	}
+	a, err := d.s.advance(ctx, w.channel, marks, settles, req)
 	switch {
 	case errors.Is(err, errNotLeader):
 		d.demote("lease held by another process")
 		return 0, true
 	case err != nil:
+		// Everything is kept and tried again: the channel cannot move on
+		// before its rows are settled.
 		if ctx.Err() == nil {
-			d.log.Warn("Cannot claim a queued message", "channel", w.channel, "err", err)
+			d.log.Warn("Cannot update the durable queue; retrying", "channel", w.channel, "err", err)
 		}
 		return errorRetry, false
-	case c.wait > 0:
-		return c.wait, false
-	case !c.ok:
-		return 0, true
 	}
-	return w.send(ctx, c.row), false
+	for _, f := range marked {
+		f.recorded = true
+	}
+	if req.n > 0 {
+		w.blocked = a.blocked
+	}
+	w.late = nil
+	w.mu.Lock()
+	w.flights = slices.DeleteFunc(w.flights, func(f *flight) bool { return f.done != nil })
+	w.mu.Unlock()
+	for i, o := range outcomes {
+		w.report(ctx, o, a.settled[i])
+	}
+	if len(a.claimed) > 0 {
+		return w.send(ctx, a.claimed), false
+	}
+	if a.wait > 0 {
+		wait = shorter(wait, a.wait)
+	}
+	return wait, len(open) == 0 && (a.empty || req.n <= 0) && a.wait == 0
 }
 
-// send hands a claimed row to the link.
-func (w *worker) send(ctx context.Context, row Row) time.Duration {
-	d := w.d
-	if row.Blob != "" && !row.BlobPrepared {
-		body, err := w.prepare(ctx, row)
-		if err != nil {
-			w.apply(ctx, row, nil, verdict{state: StateFailed, retry: row.Policy.Mode != RetryNone,
-				code: CodeDispatchFailed, text: truncate("preparing the message failed: " + err.Error())})
-			return 0
-		}
-		row.Body = body
+// shorter returns the shorter of two sleeps, untilSignal being the longest.
+func shorter(a, b time.Duration) time.Duration {
+	switch {
+	case a == untilSignal:
+		return b
+	case b == untilSignal:
+		return a
 	}
-	f := &flight{row: row, callback: row.WireCallback(), armedAt: d.downs.Load()}
-	w.setCur(f) // before Enqueue, so OnSent finds it
-	err := d.link.Enqueue(&protocol.Message{
-		Type:        protocol.TypeTransmitRequest,
-		Channel:     row.Channel,
-		Remote:      row.Remote,
-		ContentType: row.ContentType,
-		Body:        row.Body,
-		Callback:    f.callback,
-	})
-	if err != nil {
-		w.setCur(nil)
-		d.log.Warn("Link refused a queued message; retrying", "id", row.ID, "err", err)
-		if err := d.s.unclaim(ctx, row.ID, row.Attempt); err != nil && ctx.Err() == nil {
-			d.log.Warn("Cannot requeue message", "id", row.ID, "err", err)
+	return min(a, b)
+}
+
+// send hands claimed rows to the link in order. If the link refuses one,
+// it and the rows after it go back to the queue, which provably never left
+// the process.
+func (w *worker) send(ctx context.Context, rows []Row) time.Duration {
+	d := w.d
+	for i, row := range rows {
+		if row.Blob != "" && !row.BlobPrepared {
+			body, err := w.prepare(ctx, row)
+			if err != nil {
+				// Claim stopped at this row, so it is the last one.
+				w.late = append(w.late, w.outcome(row, nil, verdict{state: StateFailed, retry: row.Policy.Mode != RetryNone,
+					code: CodeDispatchFailed, text: truncate("preparing the message failed: " + err.Error())}))
+				return 0
+			}
+			row.Body = body
 		}
-		return errorRetry
+		f := &flight{row: row, callback: row.WireCallback(), armedAt: d.downs.Load()}
+		w.mu.Lock()
+		w.flights = append(w.flights, f) // before Enqueue, so OnSent finds it
+		w.mu.Unlock()
+		err := d.link.Enqueue(&protocol.Message{
+			Type:        protocol.TypeTransmitRequest,
+			Channel:     row.Channel,
+			Remote:      row.Remote,
+			ContentType: row.ContentType,
+			Body:        row.Body,
+			Callback:    f.callback,
+		})
+		if err != nil {
+			w.mu.Lock()
+			w.flights = slices.DeleteFunc(w.flights, func(x *flight) bool { return x == f })
+			w.mu.Unlock()
+			d.log.Warn("Link refused a queued message; retrying", "id", row.ID, "err", err)
+			for _, r := range rows[i:] {
+				if err := d.s.unclaim(ctx, r.ID, r.Attempt); err != nil && ctx.Err() == nil {
+					d.log.Warn("Cannot requeue message", "id", r.ID, "err", err)
+				}
+			}
+			return errorRetry
+		}
 	}
 	return 0
 }
@@ -573,33 +703,29 @@ func (w *worker) prepare(ctx context.Context, row Row) (string, error) {
 	return body, d.s.setPrepared(ctx, row.ID, row.Attempt, body)
 }
 
-// watch records the send, and fails the attempt when the link dropped after
-// it or when its deadline passes. A row the link has not written yet waits
-// without a deadline while the link is down: the link keeps it and sends it
-// first after reconnecting, so requeueing it would only duplicate it.
-func (w *worker) watch(ctx context.Context, f *flight) time.Duration {
+// watch reports whether the send of f is still to be recorded, and fails
+// the attempt when the link dropped after it or when its deadline passes.
+// A row the link has not written yet waits without a deadline while the
+// link is down: the link keeps it and sends it first after reconnecting,
+// so requeueing it would only duplicate it.
+func (w *worker) watch(f *flight) (bool, time.Duration) {
 	d := w.d
 	w.mu.Lock()
 	sent, sentAt, downs := f.sent, f.sentAt, f.downs
 	w.mu.Unlock()
-	if sent && !f.recorded {
-		if err := d.s.markSent(ctx, f.row.ID, f.row.Attempt, sentAt); err != nil {
-			if ctx.Err() == nil {
-				d.log.Warn("Cannot record a sent message", "id", f.row.ID, "err", err)
-			}
-			return errorRetry
-		}
-		f.recorded, f.deadline = true, sentAt.Add(d.opt.ResponseTimeout)
+	mark := sent && !f.recorded
+	if mark {
+		f.deadline = sentAt.Add(d.opt.ResponseTimeout)
 	}
 	now := d.opt.Now()
 	switch {
 	case sent && d.downs.Load() != downs:
 		// The answer would have come on the socket that closed.
-		w.fail(ctx, f, CodeDispatchFailed, "connection to the server lost while waiting for the response")
-		return 0
+		w.fail(f, CodeDispatchFailed, "connection to the server lost while waiting for the response")
+		return mark, 0
 	case !sent && !d.link.Live():
 		f.deadline = time.Time{}
-		return untilSignal
+		return false, untilSignal
 	case !sent && d.downs.Load() != f.armedAt:
 		// The link went down and came back since the deadline was armed,
 		// perhaps too briefly for this worker to see it: only time while
@@ -610,27 +736,33 @@ func (w *worker) watch(ctx context.Context, f *flight) time.Duration {
 		f.deadline = now.Add(d.opt.ResponseTimeout)
 	}
 	if now.Before(f.deadline) {
-		return f.deadline.Sub(now)
+		return mark, f.deadline.Sub(now)
 	}
 	if sent {
-		w.fail(ctx, f, CodeResponseTimeout, fmt.Sprintf("no response within %s", d.opt.ResponseTimeout))
+		w.fail(f, CodeResponseTimeout, fmt.Sprintf("no response within %s", d.opt.ResponseTimeout))
 	} else {
-		w.fail(ctx, f, CodeDispatchFailed, fmt.Sprintf("not sent within %s while the link was live", d.opt.ResponseTimeout))
+		w.fail(f, CodeDispatchFailed, fmt.Sprintf("not sent within %s while the link was live", d.opt.ResponseTimeout))
 	}
-	return 0
+	return mark, 0
 }
 
-func (w *worker) fail(ctx context.Context, f *flight, code, text string) {
-	w.apply(ctx, f.row, nil, classifyAmbiguous(f.row.Policy.Mode, code, text))
-	w.setCur(nil)
+func (w *worker) fail(f *flight, code, text string) {
+	f.done = w.outcome(f.row, nil, classifyAmbiguous(f.row.Policy.Mode, code, text))
 }
 
 func (w *worker) handleResponse(ctx context.Context, m *protocol.Message) {
 	d := w.d
 	resp := &Response{StatusCode: m.StatusCode, ContentType: m.ContentType, Body: m.Body}
-	if f := w.current(); f != nil && m.Callback == f.callback {
-		w.apply(ctx, f.row, resp, classifyResponse(f.row.Policy.Mode, m.ContentType, m.StatusCode, m.Body))
-		w.setCur(nil)
+	w.mu.Lock()
+	i := slices.IndexFunc(w.flights, func(f *flight) bool { return f.callback == m.Callback })
+	var f *flight
+	if i >= 0 {
+		f = w.flights[i]
+	}
+	w.mu.Unlock()
+	if f != nil {
+		// An answer also replaces a timeout that is not committed yet.
+		f.done = w.outcome(f.row, resp, classifyResponse(f.row.Policy.Mode, m.ContentType, m.StatusCode, m.Body))
 		return
 	}
 	callbackID, attempt, _ := parseWireCallback(m.Callback)
@@ -644,18 +776,15 @@ func (w *worker) handleResponse(ctx context.Context, m *protocol.Message) {
 		d.log.Debug("Dropping response to a superseded attempt", "id", row.ID, "attempt", attempt, "current", row.Attempt)
 	case row.State == StateFailed || (row.State == StateQueued && !row.NextAttemptAt.IsZero()):
 		d.log.Info("Applying a late response", "id", row.ID, "attempt", attempt, "state", row.State)
-		w.apply(ctx, row, resp, classifyResponse(row.Policy.Mode, m.ContentType, m.StatusCode, m.Body))
+		w.late = append(w.late, w.outcome(row, resp, classifyResponse(row.Policy.Mode, m.ContentType, m.StatusCode, m.Body)))
 	default:
 		d.log.Debug("Dropping response for a message not awaiting one", "id", row.ID, "state", row.State)
 	}
 }
 
-// apply settles one attempt: retry with backoff while the policy allows,
-// otherwise a terminal state, then OnSettled. A database error is retried
-// until it clears or the dispatcher stops, since the channel cannot move on
-// before this row is settled.
-func (w *worker) apply(ctx context.Context, row Row, resp *Response, v verdict) {
-	d := w.d
+// outcome settles one attempt: retry with backoff while the policy allows,
+// otherwise a terminal state.
+func (w *worker) outcome(row Row, resp *Response, v verdict) *outcome {
 	st := settlement{id: row.ID, attempt: row.Attempt, state: v.state, relay: v.relay, code: v.code, text: v.text,
 		failures: row.FailedAttempts, resp: resp}
 	if v.state == StateFailed {
@@ -663,40 +792,26 @@ func (w *worker) apply(ctx context.Context, row Row, resp *Response, v verdict) 
 		if v.retry {
 			if limit := row.Policy.MaxAttempts; limit == 0 || st.failures < limit {
 				st.state = StateQueued
-				st.next = d.opt.Now().Add(row.Policy.delay(st.failures, d.rnd))
+				st.next = w.d.opt.Now().Add(row.Policy.delay(st.failures, w.d.rnd))
 			} else {
 				st.text = truncate(fmt.Sprintf("%s (%d attempts exhausted)", v.text, st.failures))
 			}
 		}
 	}
-	var ok bool
-	for {
-		var err error
-		ok, err = d.s.settle(ctx, st)
-		if err == nil {
-			break
-		}
-		if errors.Is(err, errNotLeader) {
-			d.demote("lease held by another process")
-			return
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		d.log.Warn("Cannot settle a queued message; retrying", "id", row.ID, "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(errorRetry):
-		}
-	}
-	if !ok {
+	return &outcome{row: row, resp: resp, relay: v.relay, st: st}
+}
+
+// report logs a committed settlement and, for a terminal one, calls
+// OnSettled and records whether the answer reached the device.
+func (w *worker) report(ctx context.Context, o *outcome, changed bool) {
+	d, row, st := w.d, o.row, o.st
+	if !changed {
 		d.log.Debug("Settlement superseded", "id", row.ID, "attempt", row.Attempt)
 		return
 	}
 	status := 0
-	if resp != nil {
-		status = resp.StatusCode
+	if o.resp != nil {
+		status = o.resp.StatusCode
 	}
 	attrs := []any{"id", row.ID, "channel", row.Channel, "attempt", row.Attempt, "state", st.state, "statusCode", status, "code", st.code}
 	switch st.state {
@@ -710,14 +825,14 @@ func (w *worker) apply(ctx context.Context, row Row, resp *Response, v verdict) 
 	}
 	row.State, row.FailedAttempts, row.LastError, row.ErrorCode = st.state, st.failures, st.text, st.code
 	row.NextAttemptAt, row.StatusCode, row.AckOutcome = time.Time{}, status, AckNotOwed
-	if v.relay {
+	if o.relay {
 		row.AckOutcome = AckPending
 	}
 	ack := AckUndelivered
 	if d.opt.OnSettled != nil {
-		ack = d.opt.OnSettled(Settled{Row: row, Relay: v.relay, Response: resp})
+		ack = d.opt.OnSettled(Settled{Row: row, Relay: o.relay, Response: o.resp})
 	}
-	if !v.relay {
+	if !o.relay {
 		return
 	}
 	if err := d.s.markAckAsync(ctx, row.ID, ack); err != nil && ctx.Err() == nil {

@@ -644,3 +644,54 @@ func TestReplayAfterDispatch(t *testing.T) {
 	}
 	h.link.none(t)
 }
+
+// TestDispatchPipelinesConnections: rows of different device connections
+// share the round trip, up to MaxInFlight, always in id order; a row whose
+// connection has one in flight holds back the rows behind it.
+func TestDispatchPipelinesConnections(t *testing.T) {
+	tests := []struct {
+		name        string
+		maxInFlight int
+		remotes     []string
+		first       int // sent before any answer
+		answer      int // answering this one of the first lets the next one go
+	}{
+		{name: "distinct connections", remotes: []string{"a:1", "b:1", "c:1"}, first: 3},
+		{name: "same connection waits", remotes: []string{"a:1", "b:1", "a:1", "c:1"}, first: 2, answer: 0},
+		{name: "window", maxInFlight: 2, remotes: []string{"a:1", "b:1", "c:1"}, first: 2, answer: 1},
+		{name: "one at a time", maxInFlight: 1, remotes: []string{"a:1", "b:1"}, first: 1, answer: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, true, func(o *DispatchOptions) { o.MaxInFlight = tt.maxInFlight })
+			var ids []int64
+			for i, r := range tt.remotes {
+				in := hl7Intake("c", fmt.Sprint(i), RetryGuaranteed)
+				in.Remote = r
+				ids = append(ids, mustIntake(t, h.s, in).ID)
+			}
+			h.d.Wake("c")
+			var sent []*protocol.Message
+			for range tt.first {
+				sent = append(sent, h.link.next(t))
+			}
+			for i, m := range sent {
+				if m.Body != hl7Message(fmt.Sprint(i)) {
+					t.Fatalf("send %d = %q, want message %d", i, m.Body, i)
+				}
+			}
+			if got := h.counts("c"); got.Claimed != int64(tt.first) || got.Queued != int64(len(tt.remotes)-tt.first) {
+				t.Fatalf("counts = %+v, want %d claimed", got, tt.first)
+			}
+			h.link.none(t)
+			if tt.first == len(tt.remotes) {
+				return
+			}
+			h.sendAndAnswer(sent[tt.answer], 200, ackBody("AA", fmt.Sprint(tt.answer)))
+			waitState(t, h.s, ids[tt.answer], StateProcessed)
+			if m := h.link.next(t); m.Body != hl7Message(fmt.Sprint(tt.first)) {
+				t.Fatalf("after the answer: %q, want message %d", m.Body, tt.first)
+			}
+		})
+	}
+}

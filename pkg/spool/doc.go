@@ -40,11 +40,17 @@
 // # Dispatcher
 //
 // A Dispatcher runs one worker per channel with work: rows are claimed in id
-// order, one in flight per channel (a row waiting for its retry blocks its
-// channel), only while the link is live and only in the process holding the
-// _lease row, so two agents can share the file during an upgrade (intake
-// works in both). Each attempt is sent as agent:transmit:request with
-// callback Agent/{agentId}-{uuid}#{attempt}. The agent wires the link:
+// order, up to MaxInFlight awaiting their answer, never two from the same
+// device connection (a row whose connection has one in flight holds back
+// the rows behind it, as does a row waiting for its retry), so each
+// connection's messages reach the server one after the other while the
+// connections of a busy channel share the round trip. Each step of a
+// worker is one transaction: the sends it saw, the answers it got and the
+// next claims. Dispatch runs only while the link is live and only in the
+// process holding the _lease row, so two agents can share the file during
+// an upgrade (intake works in both). Each attempt is sent as
+// agent:transmit:request with callback Agent/{agentId}-{uuid}#{attempt}.
+// The agent wires the link:
 //
 //	var d *spool.Dispatcher
 //	link, err := wslink.New(wslink.Config{…,
