@@ -187,19 +187,22 @@ type state struct {
 	Stray                 []string // temp files left next to the binary
 }
 
+// readOr reads a file, or returns "<none>" when there is none.
+func readOr(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return "<none>"
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 func (f *fixture) state(t *testing.T) state {
 	t.Helper()
-	read := func(p string) string {
-		b, err := os.ReadFile(p)
-		if errors.Is(err, os.ErrNotExist) {
-			return "<none>"
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(b)
-	}
-	s := state{Exe: read(f.exe), Old: read(f.exe + ".old"), UpgradeJSON: read(filepath.Join(f.dataDir, FileName)), Restarts: f.restarts}
+	s := state{Exe: readOr(t, f.exe), Old: readOr(t, f.exe+".old"), UpgradeJSON: readOr(t, filepath.Join(f.dataDir, FileName)), Restarts: f.restarts}
 	ents, err := os.ReadDir(filepath.Dir(f.exe))
 	if err != nil {
 		t.Fatal(err)
