@@ -173,17 +173,9 @@ func Load(src Sources) (*Config, []string, error) {
 	if l.getenv == nil {
 		l.getenv = os.Getenv
 	}
-	workDir := src.WorkDir
-	if workDir == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			return nil, nil, fmt.Errorf("working directory: %w", err)
-		}
-		workDir = wd
-	}
-	workDir, err := filepath.Abs(workDir)
+	workDir, err := absWorkDir(src.WorkDir)
 	if err != nil {
-		return nil, nil, fmt.Errorf("working directory: %w", err)
+		return nil, nil, err
 	}
 
 	switch n := len(src.Args); {
@@ -208,17 +200,8 @@ func Load(src Sources) (*Config, []string, error) {
 		l.problem(agentIDSetting.key, "not a valid FHIR id (1-64 of A-Z a-z 0-9 - .): %q (from %s)", cfg.AgentID, from)
 	}
 
-	// Relative log directories are taken relative to the file that names
-	// them, so the result does not depend on the service's working
-	// directory. The same directory is the default data directory.
-	base := workDir
-	if l.file != "" {
-		base = filepath.Dir(l.file)
-	}
-	cfg.DataDir = base
-	if src.DataDir != "" {
-		cfg.DataDir = absIn(workDir, src.DataDir)
-	}
+	base := baseDir(workDir, src.File)
+	cfg.DataDir = dataDir(workDir, src)
 	level, from := l.lookup(logLevelSetting)
 	if level != "" {
 		level = l.checkLevel(logLevelSetting.key, level, from)
@@ -235,6 +218,49 @@ func Load(src Sources) (*Config, []string, error) {
 		return nil, l.warnings, &Error{Problems: l.problems}
 	}
 	return cfg, l.warnings, nil
+}
+
+// DataDir is the data directory Load would choose for src, found without
+// reading the properties file: run needs it before anything else.
+func DataDir(src Sources) (string, error) {
+	workDir, err := absWorkDir(src.WorkDir)
+	if err != nil {
+		return "", err
+	}
+	return dataDir(workDir, src), nil
+}
+
+func absWorkDir(dir string) (string, error) {
+	if dir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return "", fmt.Errorf("working directory: %w", err)
+		}
+		dir = wd
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("working directory: %w", err)
+	}
+	return abs, nil
+}
+
+// baseDir is the properties file's directory (file is the --config value;
+// "" means agent.properties in workDir). Relative log directories are taken
+// relative to it, so that the result does not depend on the service's
+// working directory; it is also the default data directory.
+func baseDir(workDir, file string) string {
+	if file == "" {
+		return workDir
+	}
+	return filepath.Dir(absIn(workDir, file))
+}
+
+func dataDir(workDir string, src Sources) string {
+	if src.DataDir != "" {
+		return absIn(workDir, src.DataDir)
+	}
+	return baseDir(workDir, src.File)
 }
 
 // loadFile reads the properties file, if any, into l.props.

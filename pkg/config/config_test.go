@@ -123,6 +123,9 @@ func TestLoad(t *testing.T) {
 			if d := cmp.Diff(tt.want, got); d != "" {
 				t.Errorf("config mismatch (-want +got):\n%s", d)
 			}
+			if dir, err := DataDir(tt.src); err != nil || dir != got.DataDir {
+				t.Errorf("DataDir = %q, %v; Load chose %q", dir, err, got.DataDir)
+			}
 			if d := cmp.Diff(tt.warn, warn); d != "" {
 				t.Errorf("warnings mismatch (-want +got):\n%s", d)
 			}

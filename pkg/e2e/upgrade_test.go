@@ -35,6 +35,23 @@ func buildVersion(t *testing.T, dir, version string) string {
 	return out
 }
 
+// install copies exe to <dir>/install/medplum-agent.
+func install(t *testing.T, dir, exe string) string {
+	t.Helper()
+	installed := filepath.Join(dir, "install", "medplum-agent")
+	if err := os.MkdirAll(filepath.Dir(installed), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(installed, old, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return installed
+}
+
 // binaryVersion runs `<exe> version --json`.
 func binaryVersion(t *testing.T, exe string) string {
 	t.Helper()
@@ -119,17 +136,7 @@ func TestUpgradeReplacesBinary(t *testing.T) {
 
 	srv := serveRelease(t, "1.1.0", v110, httptest.NewTLSServer)
 
-	installed := filepath.Join(dir, "install", "medplum-agent")
-	if err := os.MkdirAll(filepath.Dir(installed), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	old, err := os.ReadFile(v100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(installed, old, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	installed := install(t, dir, v100)
 	if got := binaryVersion(t, installed); got != "1.0.0" {
 		t.Fatalf("installed version before = %q", got)
 	}

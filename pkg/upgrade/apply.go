@@ -29,9 +29,10 @@ const FileName = "upgrade.json"
 // name_template, sha256).
 const ChecksumsName = "checksums.txt"
 
-// Apply downloads and verifies the asset, swaps the executable, writes
-// upgrade.json and restarts. Until the swap nothing is changed; a failure
-// after it (writing upgrade.json, restarting) puts the old binary back.
+// Apply downloads and verifies the asset, swaps the executable (or the
+// staged binary, see installPath), writes upgrade.json and restarts. Until
+// the swap nothing is changed; a failure after it (writing upgrade.json,
+// restarting) puts the old binary back.
 func (p *Upgrade) Apply(ctx context.Context) error {
 	if p.UpToDate {
 		return fmt.Errorf("already running version %s", p.opts.CurrentVersion)
@@ -43,6 +44,10 @@ func (p *Upgrade) Apply(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("locating the executable: %w", err)
 	}
+	dst, err := p.installPath(exe)
+	if err != nil {
+		return err
+	}
 	log := p.opts.Logger.With("targetVersion", p.TargetVersion, "asset", p.Asset.Name)
 
 	dlCtx, cancel := context.WithTimeout(ctx, downloadTimeout)
@@ -53,34 +58,65 @@ func (p *Upgrade) Apply(ctx context.Context) error {
 		return err
 	}
 	log.Info("Downloading upgrade")
-	tmp, err := p.download(dlCtx, filepath.Dir(exe), want)
+	tmp, err := p.download(dlCtx, filepath.Dir(dst), want)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp) // a no-op once renamed into place
 
-	old := exe + ".old"
-	if err := swap(exe, old, tmp); err != nil {
-		return fmt.Errorf("replacing %s: %w", exe, err)
+	old := dst + ".old"
+	if err := swap(dst, old, tmp); err != nil {
+		return fmt.Errorf("replacing %s: %w", dst, err)
 	}
-	log.Info("Replaced the executable", "path", exe, "backup", old)
+	log.Info("Installed the new binary", "path", dst, "backup", old)
 	upgradeFile := filepath.Join(p.opts.DataDir, FileName)
 	if err := p.writeUpgradeFile(upgradeFile); err != nil {
-		return rollback(log, exe, old, "", fmt.Errorf("writing %s: %w", FileName, err))
+		return rollback(log, dst, old, "", fmt.Errorf("writing %s: %w", FileName, err))
 	}
 	log.Info("Restarting into the new version")
 	if err := p.opts.Restart(ctx); err != nil {
-		return rollback(log, exe, old, upgradeFile, fmt.Errorf("restarting: %w", err))
+		return rollback(log, dst, old, upgradeFile, fmt.Errorf("restarting: %w", err))
 	}
 	return nil
 }
 
-// rollback puts the previous binary back and removes the handoff file, so
-// that the still-running old agent reports cause itself.
+// stagedPath is where installPath puts the new binary when the executable
+// cannot be replaced.
+func stagedPath(dataDir string) string {
+	return filepath.Join(dataDir, "bin", binaryName(runtime.GOOS))
+}
+
+// installPath is where the new binary goes: over exe, or, when this process
+// cannot write exe's directory (a Linux package: /usr/bin is root's, and
+// read-only under the unit's ProtectSystem=strict), into the data dir, from
+// where run starts it while it is newer than exe (see ExecStaged). So a
+// forced reinstall or downgrade cannot work there, and is refused.
+func (p *Upgrade) installPath(exe string) (string, error) {
+	if canReplace(filepath.Dir(exe)) {
+		return exe, nil
+	}
+	target, _ := parseCore(p.TargetVersion) // checked by Plan
+	if cur, ok := parseCore(p.opts.CurrentVersion); ok && !less(cur, target) {
+		return "", fmt.Errorf("cannot replace %s, and %s would not take over from %s there: use the package manager", exe, p.TargetVersion, p.opts.CurrentVersion)
+	}
+	dst := stagedPath(p.opts.DataDir)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return "", fmt.Errorf("cannot write %s, nor create %s: %w", exe, filepath.Dir(dst), err)
+	}
+	return dst, nil
+}
+
+// rollback puts the previous binary back (or removes the first staged one,
+// which had none) and removes the handoff file, so that the still-running
+// old agent reports cause itself.
 func rollback(log *slog.Logger, exe, old, upgradeFile string, cause error) error {
 	errs := []error{cause}
-	if err := os.Rename(old, exe); err != nil {
-		errs = append(errs, fmt.Errorf("rolling back to %s: %w", old, err))
+	undo := os.Rename(old, exe)
+	if errors.Is(undo, fs.ErrNotExist) {
+		undo = os.Remove(exe)
+	}
+	if undo != nil {
+		errs = append(errs, fmt.Errorf("rolling back to %s: %w", old, undo))
 	}
 	if upgradeFile != "" {
 		if err := os.Remove(upgradeFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -140,13 +176,13 @@ func isSHA256(s string) bool {
 	return err == nil && len(b) == sha256.Size
 }
 
-// download fetches the asset into dir (the executable's, so that the final
+// download fetches the asset into dir (the destination's, so that the final
 // rename stays on one file system), checks its digest and returns the path
 // of the new binary, synced and executable.
 func (p *Upgrade) download(ctx context.Context, dir, want string) (string, error) {
 	f, err := os.CreateTemp(dir, ".medplum-agent-download-*")
 	if err != nil {
-		return "", fmt.Errorf("cannot write next to the executable: %w", err)
+		return "", fmt.Errorf("cannot write in %s: %w", dir, err)
 	}
 	defer func() {
 		f.Close()
@@ -298,27 +334,30 @@ func checkEntry(dup, regular bool, size, limit int64, entry string) error {
 	return nil
 }
 
-// swap moves tmp to exe, keeping the previous binary as old. Where
-// possible old is a hard link made first, so exe never goes missing;
+// swap moves tmp to exe, keeping the previous binary, if any, as old.
+// Where possible old is a hard link made first, so exe never goes missing;
 // Windows cannot overwrite a running program but can rename it, so there
 // (or when links are unavailable) exe is renamed away first.
 func swap(exe, old, tmp string) error {
 	if err := os.Remove(old); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	if runtime.GOOS != "windows" && os.Link(exe, old) == nil {
-		if err := os.Rename(tmp, exe); err != nil {
-			return errors.Join(err, os.Remove(old))
-		}
-		// The renames already happened; making them durable is best effort.
-		_ = atomicfile.SyncDir(filepath.Dir(exe))
-		return nil
-	}
-	if err := os.Rename(exe, old); err != nil {
+	undo := func() error { return nil }
+	switch _, err := os.Lstat(exe); {
+	case errors.Is(err, fs.ErrNotExist):
+		// The first staged binary: there is nothing to keep.
+	case err != nil:
 		return err
+	case runtime.GOOS != "windows" && os.Link(exe, old) == nil:
+		undo = func() error { return os.Remove(old) }
+	default:
+		if err := os.Rename(exe, old); err != nil {
+			return err
+		}
+		undo = func() error { return os.Rename(old, exe) }
 	}
 	if err := os.Rename(tmp, exe); err != nil {
-		return errors.Join(err, os.Rename(old, exe))
+		return errors.Join(err, undo())
 	}
 	// The renames already happened; making them durable is best effort.
 	_ = atomicfile.SyncDir(filepath.Dir(exe))

@@ -21,10 +21,11 @@ const (
 
 // DefaultRestart returns a Restart for the way the agent runs: through its
 // service manager when it is the installed service (systemd unit
-// medplum-agent, launchd job dev.medplum-agent, Windows service
+// medplum-agent run as root, launchd job dev.medplum-agent, Windows service
 // MedplumAgent), otherwise by re-executing exe with argv in place (not
 // possible on Windows). exe "" means os.Executable(), resolved now, before
-// the binary is replaced.
+// the binary is replaced; when the upgrade was staged, exe starts the staged
+// binary (ExecStaged).
 func DefaultRestart(exe string, argv []string) (func(context.Context) error, error) {
 	if exe == "" {
 		var err error
@@ -33,7 +34,7 @@ func DefaultRestart(exe string, argv []string) (func(context.Context) error, err
 		}
 	}
 	cgroup, _ := os.ReadFile("/proc/self/cgroup") // absent outside Linux
-	switch detectManager(runtime.GOOS, os.Getenv, string(cgroup), service.IsWindowsService()) {
+	switch detectManager(runtime.GOOS, os.Getenv, string(cgroup), service.IsWindowsService(), os.Geteuid()) {
 	case managerSystemd:
 		// --no-block: stopping the unit kills its whole cgroup, systemctl
 		// included, so it must not wait for the job.
@@ -75,14 +76,19 @@ func command(name string, args ...string) func(context.Context) error {
 	}
 }
 
-// detectManager tells which service manager runs this process, or "":
-// systemd puts a service in the cgroup named after its unit, launchd sets
-// XPC_SERVICE_NAME to the job label, and Windows asks the SCM.
-func detectManager(goos string, getenv func(string) string, cgroup string, windowsService bool) string {
+// detectManager tells which service manager to restart this process
+// through, or "" to re-execute in place: systemd puts a service in the
+// cgroup named after its unit, launchd sets XPC_SERVICE_NAME to the job
+// label, and Windows asks the SCM.
+func detectManager(goos string, getenv func(string) string, cgroup string, windowsService bool, euid int) string {
 	switch goos {
 	case "linux":
+		// Only root may restart the unit: the packaged one runs as user
+		// medplum-agent, whom systemd refuses (polkit's manage-units wants
+		// an admin). Re-executing in place keeps the main PID that systemd
+		// supervises.
 		for line := range strings.SplitSeq(cgroup, "\n") {
-			if strings.HasSuffix(line, "/"+service.Name+".service") {
+			if strings.HasSuffix(line, "/"+service.Name+".service") && euid == 0 {
 				return managerSystemd
 			}
 		}

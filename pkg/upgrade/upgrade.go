@@ -6,6 +6,12 @@
 // its SHA-256 against the release's checksums, swaps the binary atomically
 // (keeping the previous one as <exe>.old), leaves upgrade.json for the new
 // process to confirm the upgrade to the server, and restarts.
+//
+// Where the agent cannot write its executable's directory (a Linux package:
+// root's /usr/bin, read-only under the unit's ProtectSystem=strict), Apply
+// installs the new binary as <data-dir>/bin/medplum-agent instead, and run
+// switches to it at start (ExecStaged) for as long as it is newer than the
+// executable, so that a later package upgrade wins again.
 package upgrade
 
 import (

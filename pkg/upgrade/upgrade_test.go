@@ -187,19 +187,22 @@ type state struct {
 	Stray                 []string // temp files left next to the binary
 }
 
+// readOr reads a file, or returns "<none>" when there is none.
+func readOr(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return "<none>"
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 func (f *fixture) state(t *testing.T) state {
 	t.Helper()
-	read := func(p string) string {
-		b, err := os.ReadFile(p)
-		if errors.Is(err, os.ErrNotExist) {
-			return "<none>"
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(b)
-	}
-	s := state{Exe: read(f.exe), Old: read(f.exe + ".old"), UpgradeJSON: read(filepath.Join(f.dataDir, FileName)), Restarts: f.restarts}
+	s := state{Exe: readOr(t, f.exe), Old: readOr(t, f.exe+".old"), UpgradeJSON: readOr(t, filepath.Join(f.dataDir, FileName)), Restarts: f.restarts}
 	ents, err := os.ReadDir(filepath.Dir(f.exe))
 	if err != nil {
 		t.Fatal(err)
@@ -498,19 +501,21 @@ func TestDetectManager(t *testing.T) {
 		name, goos, cgroup string
 		getenv             func(string) string
 		winService         bool
+		euid               int
 		want               string
 	}{
-		{"systemd unit", "linux", "0::/system.slice/medplum-agent.service\n", none, false, managerSystemd},
-		{"other unit", "linux", "0::/system.slice/ssh.service\n", none, false, ""},
-		{"user session", "linux", "0::/user.slice/user-1000.slice/session-2.scope\n", none, false, ""},
-		{"launchd job", "darwin", "", env(map[string]string{"XPC_SERVICE_NAME": "dev.medplum-agent"}), false, managerLaunchd},
-		{"terminal on mac", "darwin", "", env(map[string]string{"XPC_SERVICE_NAME": "0"}), false, ""},
-		{"windows service", "windows", "", none, true, managerWindows},
-		{"windows console", "windows", "", none, false, ""},
+		{"systemd unit as root", "linux", "0::/system.slice/medplum-agent.service\n", none, false, 0, managerSystemd},
+		{"systemd unit as its user", "linux", "0::/system.slice/medplum-agent.service\n", none, false, 998, ""},
+		{"other unit", "linux", "0::/system.slice/ssh.service\n", none, false, 0, ""},
+		{"user session", "linux", "0::/user.slice/user-1000.slice/session-2.scope\n", none, false, 1000, ""},
+		{"launchd job", "darwin", "", env(map[string]string{"XPC_SERVICE_NAME": "dev.medplum-agent"}), false, 0, managerLaunchd},
+		{"terminal on mac", "darwin", "", env(map[string]string{"XPC_SERVICE_NAME": "0"}), false, 501, ""},
+		{"windows service", "windows", "", none, true, -1, managerWindows},
+		{"windows console", "windows", "", none, false, -1, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := detectManager(tt.goos, tt.getenv, tt.cgroup, tt.winService); got != tt.want {
+			if got := detectManager(tt.goos, tt.getenv, tt.cgroup, tt.winService, tt.euid); got != tt.want {
 				t.Errorf("detectManager = %q, want %q", got, tt.want)
 			}
 		})

@@ -112,6 +112,14 @@ func runRun(ctx context.Context, opts *Options) error {
 		return err
 	}
 	src := config.Sources{Args: opts.Args, Getenv: opts.Getenv, File: opts.ConfigFile, WorkDir: wd, DataDir: opts.DataDir}
+	if opts.Dev && src.DataDir == "" {
+		src.DataDir = devDataDir()
+	}
+	// First, before the dev server, the data dir lock or a channel holds
+	// anything: a newer binary that a self-upgrade staged takes over.
+	if dataDir, err := config.DataDir(src); err == nil {
+		upgrade.ExecStaged(ctx, dataDir, build.AgentVersion(), opts.Logger())
+	}
 
 	if opts.Dev {
 		closeDev, err := startDev(opts, &src)
@@ -196,8 +204,18 @@ func runRun(ctx context.Context, opts *Options) error {
 	}
 }
 
+// devDataDir is where --dev keeps its state unless --data-dir says
+// otherwise: a per-user folder.
+func devDataDir() string {
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = os.TempDir()
+	}
+	return filepath.Join(base, "medplum-agent-dev")
+}
+
 // startDev starts the embedded dev server and points the configuration at
-// it. Its state goes to a per-user folder unless --data-dir says otherwise.
+// it.
 func startDev(opts *Options, src *config.Sources) (func() error, error) {
 	devCfg, err := opts.DevServer.LoadConfig()
 	if err != nil {
@@ -212,13 +230,6 @@ func startDev(opts *Options, src *config.Sources) (func() error, error) {
 	src.Args = []string{srv.BaseURL(), devCfg.Clients[0].ClientID, devCfg.Clients[0].ClientSecret, devCfg.Agents[0].ID}
 	src.File = "" // the dev server is the whole configuration
 	src.Getenv = func(string) string { return "" }
-	if src.DataDir == "" {
-		base, err := os.UserCacheDir()
-		if err != nil {
-			base = os.TempDir()
-		}
-		src.DataDir = filepath.Join(base, "medplum-agent-dev")
-	}
 	return closeDev, nil
 }
 
