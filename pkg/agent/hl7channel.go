@@ -321,6 +321,8 @@ func (ch *hl7Channel) takeIn(q *durable, c *mllp.Conn, m *hl7.Message, p *hl7Par
 		Kind: spool.KindHL7, Channel: ch.name, Remote: remote, ContentType: protocol.ContentTypeHL7,
 		ControlID: id, MsgType: m.Get("MSH-9"), Original: []byte(original), Body: original,
 		Duplicates: dup, Policy: policy,
+		// In original mode the device's only answer is the server's.
+		Unacknowledged: p.enhanced == enhancedOff,
 	}
 	if p.assignSeqNo {
 		// The number comes from the queue's counter in the same

@@ -59,6 +59,11 @@ type Intake struct {
 	Finalize    func(seqNo int64) (string, error)
 	Duplicates  DuplicateBehavior // default idempotent
 	Policy      RetryPolicy       // zero fields take the defaults, mode guaranteed
+	// Unacknowledged says the device is told nothing before the server's
+	// answer (HL7 original mode), so the commit need not wait for a sync:
+	// it survives a crash of the process, and if a power cut takes it the
+	// device, still waiting for its answer, sends the message again.
+	Unacknowledged bool
 }
 
 // DuplicateKind tells how an intake matched an earlier message.
@@ -123,7 +128,8 @@ func (in *Intake) validate() error {
 }
 
 // Intake persists one inbound message and returns once the transaction that
-// holds it is durable on disk; only then may the device be acknowledged.
+// holds it is durable on disk (unless Unacknowledged); only then may the
+// device be acknowledged.
 // Concurrent intakes share a commit. An error means nothing was stored:
 // answer CE (AE in AA mode). When ctx ends before the message reached the
 // committer Intake returns ctx's error; after that it waits for the commit.
@@ -132,10 +138,11 @@ func (s *Store) Intake(ctx context.Context, in Intake) (IntakeResult, error) {
 		return IntakeResult{}, err
 	}
 	var res IntakeResult
-	err := s.write(ctx, func(tx *wtx) error {
+	o := &op{fn: func(tx *wtx) error {
 		res = IntakeResult{SeqNo: -1}
 		return tx.intake(&in, &res)
-	})
+	}, relaxed: in.Unacknowledged, done: make(chan error, 1)}
+	err := s.submit(ctx, o)
 	if err != nil {
 		return IntakeResult{}, err
 	}

@@ -429,7 +429,9 @@ func (s *Store) commitLoop() {
 		batch = append(batch[:0], first)
 		open := s.collect(&batch, peak)
 		s.runBatch(batch)
-		peak = max(len(batch), peak-1)
+		if synced := countSynced(batch); synced > 0 {
+			peak = max(synced, peak-1)
+		}
 		clear(batch)
 		if !open {
 			return
@@ -437,11 +439,12 @@ func (s *Store) commitLoop() {
 	}
 }
 
-// collect fills batch with the ops waiting. When recent batches were larger
-// it also waits, at most the commit window, for the batch to reach that
-// size: callers released by the previous commit then join this one instead
-// of alternating with the others in half-size batches. A lone caller never
-// waits. It reports false once ops is closed and drained.
+// collect fills batch with the ops waiting. When recent batches had more
+// writers waiting for a sync it also waits, at most the commit window, for
+// as many: callers released by the previous commit then join this one
+// instead of alternating with the others in half-size batches. A lone
+// caller, or a batch with nothing to sync, never waits. It reports false
+// once ops is closed and drained.
 func (s *Store) collect(batch *[]*op, target int) bool {
 	target = min(target, maxBatch)
 	for len(*batch) < maxBatch {
@@ -456,23 +459,39 @@ func (s *Store) collect(batch *[]*op, target int) bool {
 		}
 		break
 	}
-	if s.window <= 0 || len(*batch) >= target {
+	// Only a sync is worth waiting for company: a relaxed commit is cheap.
+	synced := countSynced(*batch)
+	if s.window <= 0 || synced == 0 || synced >= target {
 		return true
 	}
 	t := time.NewTimer(s.window)
 	defer t.Stop()
-	for len(*batch) < target {
+	for synced < target && len(*batch) < maxBatch {
 		select {
 		case o, ok := <-s.ops:
 			if !ok {
 				return false
 			}
 			*batch = append(*batch, o)
+			if !o.relaxed && !o.standalone {
+				synced++
+			}
 		case <-t.C:
 			return true
 		}
 	}
 	return true
+}
+
+// countSynced counts the ops whose commit must be synced.
+func countSynced(batch []*op) int {
+	n := 0
+	for _, o := range batch {
+		if !o.relaxed && !o.standalone {
+			n++
+		}
+	}
+	return n
 }
 
 // runBatch commits the batch's ops in one transaction. An op that fails
@@ -578,9 +597,8 @@ func (s *Store) tuneWAL() {
 	if low {
 		pages, limit = lowDiskWALPages, 0
 	}
-	tx := &wtx{s: s}
-	if err := errors.Join(tx.exec(fmt.Sprintf("PRAGMA wal_autocheckpoint=%d", pages)),
-		tx.exec(fmt.Sprintf("PRAGMA journal_size_limit=%d", limit))); err != nil {
+	if err := errors.Join(s.pragma(fmt.Sprintf("wal_autocheckpoint=%d", pages)),
+		s.pragma(fmt.Sprintf("journal_size_limit=%d", limit))); err != nil {
 		s.log.Warn("Cannot change the queue's WAL settings", "err", err)
 		return
 	}
@@ -588,6 +606,13 @@ func (s *Store) tuneWAL() {
 	if low {
 		s.log.Warn("Little disk space left for the queue: checkpointing often", "path", s.path)
 	}
+}
+
+// pragma sets a pragma on the writer connection. It is not a cached
+// statement: SQLite applies a setting while preparing it.
+func (s *Store) pragma(setting string) error {
+	_, err := s.wconn.ExecContext(context.Background(), "PRAGMA "+setting)
+	return err
 }
 
 // setSync commits the next transaction with synchronous=FULL when any of
@@ -601,7 +626,7 @@ func (s *Store) setSync(ops []*op) {
 	if relaxed {
 		level = "NORMAL"
 	}
-	if err := (&wtx{s: s}).exec("PRAGMA synchronous=" + level); err != nil {
+	if err := s.pragma("synchronous=" + level); err != nil {
 		s.log.Warn("Cannot change the queue's sync level", "level", level, "err", err)
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -161,5 +162,30 @@ func TestClosedStoreRefusesWrites(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// An intake the device was told nothing about commits without a sync; an
+// acknowledged one, and any batch that holds one, with synchronous=FULL.
+func TestIntakeSyncLevel(t *testing.T) {
+	s := openStore(t, newClock())
+	// The sweep at open writes too, and would share a commit.
+	eventually(t, "the first sweep", func() bool { return s.sweep.Load() != nil })
+	for i, tt := range []struct {
+		unacknowledged bool
+		want           int
+	}{{true, 1}, {false, 2}, {true, 1}} {
+		in := hl7Intake("c", fmt.Sprint(i), RetryGuaranteed)
+		in.Unacknowledged = tt.unacknowledged
+		mustIntake(t, s, in)
+		var level int
+		if err := s.writeStandalone(context.Background(), func(tx *wtx) error {
+			return s.wconn.QueryRowContext(context.Background(), "PRAGMA synchronous").Scan(&level)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if level != tt.want {
+			t.Errorf("intake %d (unacknowledged=%v): synchronous=%d, want %d", i, tt.unacknowledged, level, tt.want)
+		}
 	}
 }
