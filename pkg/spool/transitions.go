@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -79,8 +80,14 @@ func (tx *wtx) claim(channel string, req claimRequest, a *advanced) error {
 		remote  string
 		prepare bool
 	}
-	rows, err := tx.query(`SELECT id, next_attempt_at, remote, blob IS NOT NULL AND blob_prepared = 0
-		FROM messages WHERE state = 'queued' AND channel_name = ? ORDER BY id LIMIT ?`, channel, req.n)
+	// A constant LIMIT: a bound one makes SQLite prepare the statement again
+	// on every call. Powers of two keep the statement cache small.
+	limit := 1
+	for limit < req.n {
+		limit *= 2
+	}
+	rows, err := tx.query(fmt.Sprintf(`SELECT id, next_attempt_at, remote, blob IS NOT NULL AND blob_prepared = 0
+		FROM messages WHERE state = 'queued' AND channel_name = ? ORDER BY id LIMIT %d`, limit), channel)
 	if err != nil {
 		return err
 	}
@@ -99,7 +106,7 @@ func (tx *wtx) claim(channel string, req claimRequest, a *advanced) error {
 	a.empty = len(cands) == 0
 	now := tx.nowMs()
 	busy := map[string]bool{}
-	for _, c := range cands {
+	for _, c := range cands[:min(len(cands), req.n)] {
 		if c.next.Valid && c.next.Int64 > now {
 			a.wait = time.Duration(c.next.Int64-now) * time.Millisecond
 			return nil
