@@ -154,7 +154,7 @@ func TestOperations(t *testing.T) {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
-		want := []string{"channelStats", "clientStats", "durableQueue", "hl7ClientCount", "hl7ConnectionsOpen",
+		want := []string{"byteStreamLinksOpen", "channelStats", "clientStats", "durableQueue", "hl7ClientCount", "hl7ConnectionsOpen",
 			"hl7QueueDepth", "live", "outstandingHeartbeats", "ping", "webSocketQueueDepth"}
 		if r.Type != protocol.TypeStatsResponse || r.StatusCode != 200 {
 			t.Errorf("stats answered %s %d", r.Type, r.StatusCode)

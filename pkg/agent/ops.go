@@ -177,7 +177,10 @@ func (a *Agent) replyLogs(m *protocol.Message) {
 
 // stats is the agent:stats:response object (§5.4).
 type stats struct {
-	HL7ConnectionsOpen  int64 `json:"hl7ConnectionsOpen"`
+	HL7ConnectionsOpen int64 `json:"hl7ConnectionsOpen"`
+	// ByteStreamLinksOpen (ours) counts the device links of tcp:// and
+	// serial:// channels, which hl7ConnectionsOpen leaves out.
+	ByteStreamLinksOpen int64 `json:"byteStreamLinksOpen"`
 	Ping                int64 `json:"ping"`
 	WebSocketQueueDepth int   `json:"webSocketQueueDepth"`
 	// HL7QueueDepth is always 0: responses are written to devices as they
@@ -210,9 +213,12 @@ func (a *Agent) stats() *stats {
 		s.ClientStats[key] = channelStats{RTT: st}
 	}
 	for name, ch := range *a.chans.Load() {
-		if h, ok := ch.(*hl7Channel); ok {
-			s.HL7ConnectionsOpen += h.conns.Load()
-			s.ChannelStats[name] = channelStats{RTT: h.rtt.Stats()}
+		switch c := ch.(type) {
+		case *hl7Channel:
+			s.HL7ConnectionsOpen += c.conns.Load()
+			s.ChannelStats[name] = channelStats{RTT: c.rtt.Stats()}
+		case interface{ links() int }:
+			s.ByteStreamLinksOpen += int64(c.links())
 		}
 	}
 	if q := a.q.Load(); q != nil {

@@ -85,6 +85,13 @@ func newStreamChannel(a *Agent, name string, p *byteStreamParams) *streamChannel
 	return c
 }
 
+// links counts the device links being served.
+func (c *streamChannel) links() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.conns)
+}
+
 // serve runs one device link until it ends or ctx is done. The mode is
 // fixed for the life of the link.
 func (c *streamChannel) serve(ctx context.Context, d *deviceConn) error {

@@ -182,6 +182,9 @@ func TestByteStreamResponses(t *testing.T) {
 	d := dial(t, port)
 
 	d.exchange(exchange{w: "\x02A\x03"})
+	if n := e.stats().ByteStreamLinksOpen; n != 1 {
+		t.Errorf("byteStreamLinksOpen = %d, want 1", n)
+	}
 	respond := func(req *protocol.Message, body string) *protocol.Message {
 		return &protocol.Message{Type: protocol.TypeTransmitResponse, Channel: req.Channel, Remote: req.Remote,
 			Callback: req.Callback, ContentType: protocol.ContentTypeOctet, StatusCode: 200, Body: body}

@@ -346,7 +346,7 @@ func TestOpsStatsLogsUpgrade(t *testing.T) {
 			}
 		})
 		// durableQueue: the queue is on by default.
-		want := []string{"channelStats", "clientStats", "durableQueue", "hl7ClientCount", "hl7ConnectionsOpen", "hl7QueueDepth",
+		want := []string{"byteStreamLinksOpen", "channelStats", "clientStats", "durableQueue", "hl7ClientCount", "hl7ConnectionsOpen", "hl7QueueDepth",
 			"live", "outstandingHeartbeats", "ping", "webSocketQueueDepth"}
 		if diff := cmp.Diff(want, keys); diff != "" {
 			t.Errorf("stats keys (-want +got):\n%s", diff)
