@@ -363,23 +363,31 @@ func TestHL7EncodingAndBadFrames(t *testing.T) {
 	e.chLog.wait(t, "payload=not hl7 at all")
 }
 
-// idleTimeout (seconds) closes silent connections; changing it restarts the
-// listener.
+// idleTimeout (seconds) closes silent connections; a change applies to the
+// live connections, which stay open.
 func TestHL7IdleTimeout(t *testing.T) {
 	port := freePort(t)
 	e := newEnv(t, ch{name: "test", address: mllpAddr(port, "idleTimeout=1")})
 	e.start()
-	d := dial(t, port)
-	d.c.SetReadDeadline(time.Now().Add(waitFor))
-	if _, err := d.rd.ReadFrame(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("idle connection not closed by the agent: %v", err)
+	closedByAgent := func(d *device) {
+		t.Helper()
+		d.c.SetReadDeadline(time.Now().Add(waitFor))
+		if _, err := d.rd.ReadFrame(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("idle connection not closed by the agent: %v", err)
+		}
 	}
+	closedByAgent(dial(t, port))
 
+	d := dial(t, port)
 	e.setAgent("active", nil, ch{name: "test", address: mllpAddr(port, "idleTimeout=0")})
 	e.reloadOK()
-	d = dial(t, port)
+	time.Sleep(1500 * time.Millisecond) // longer than the old timeout
 	d.send(adt("1"))
 	if got := ackOf(d.recv()); got != "AA 1" {
 		t.Errorf("after changing idleTimeout got %q", got)
 	}
+
+	e.setAgent("active", nil, ch{name: "test", address: mllpAddr(port, "idleTimeout=1")})
+	e.reloadOK()
+	closedByAgent(d)
 }

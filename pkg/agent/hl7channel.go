@@ -200,11 +200,7 @@ func (ch *hl7Channel) reconfigure(s channelSpec) error {
 	ch.params.Store(p)
 	ch.log.Info("Channel reconfigured", "address", s.address)
 	if p.idleTimeout != old.idleTimeout {
-		// The listener fixes a connection's idle timeout when it accepts it,
-		// so a new timeout needs a new listener (and new connections).
-		ch.srv.Load().Close()
-		ch.serving.Wait()
-		return ch.start()
+		ch.srv.Load().SetIdleTimeout(p.idleTimeout)
 	}
 	return ch.srv.Load().SetEncoding(p.encoding)
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/medplum-agent/medplum-agent/pkg/hl7"
@@ -50,7 +51,8 @@ type Server struct {
 	// MaxFrameSize caps a payload; <= 0 means DefaultMaxFrameSize.
 	MaxFrameSize int
 	// IdleTimeout closes a connection that receives no bytes for this long;
-	// 0 disables it. Time spent in Handler does not count.
+	// 0 disables it. Time spent in Handler does not count. SetIdleTimeout
+	// changes it later.
 	IdleTimeout time.Duration
 	// WriteTimeout bounds each frame write; 0 means DefaultWriteTimeout,
 	// negative disables it.
@@ -58,8 +60,9 @@ type Server struct {
 
 	mu       sync.Mutex
 	ln       net.Listener
-	laddr    net.Addr // the bound address: decides how peers are rendered
-	encoding string   // set by SetEncoding, overrides Encoding
+	laddr    net.Addr     // the bound address: decides how peers are rendered
+	encoding string       // set by SetEncoding, overrides Encoding
+	idle     atomic.Int64 // IdleTimeout from Listen on, then SetIdleTimeout
 	conns    map[string]*Conn
 	closing  bool
 	serving  bool
@@ -88,6 +91,7 @@ func (s *Server) Listen(addr string) error {
 	s.ln = ln
 	s.laddr = ln.Addr()
 	s.conns = make(map[string]*Conn)
+	s.idle.Store(int64(s.IdleTimeout))
 	return nil
 }
 
@@ -151,7 +155,7 @@ func (s *Server) serveConn(c *Conn) {
 	if s.OnConnect != nil {
 		s.OnConnect(c)
 	}
-	r := NewReader(idleReader{c: c, idle: s.IdleTimeout}, s.MaxFrameSize)
+	r := NewReader(idleReader{c: c, idle: &s.idle}, s.MaxFrameSize)
 	var err error
 	for !c.stopping.Load() {
 		var p []byte
@@ -187,7 +191,7 @@ func (s *Server) disconnectCause(c *Conn, err error) error {
 	switch {
 	case err == nil, err == io.EOF, c.stopping.Load(), c.closed.Load():
 		return nil
-	case s.IdleTimeout > 0 && errors.Is(err, os.ErrDeadlineExceeded):
+	case errors.Is(err, os.ErrDeadlineExceeded): // only idle reads have one
 		return ErrIdleTimeout
 	}
 	return err
@@ -198,12 +202,12 @@ func (s *Server) disconnectCause(c *Conn, err error) error {
 // read once the server is stopping.
 type idleReader struct {
 	c    *Conn
-	idle time.Duration
+	idle *atomic.Int64
 }
 
 func (r idleReader) Read(p []byte) (int, error) {
-	if r.idle > 0 {
-		if err := r.c.nc.SetReadDeadline(time.Now().Add(r.idle)); err != nil {
+	if idle := time.Duration(r.idle.Load()); idle > 0 {
+		if err := r.c.nc.SetReadDeadline(time.Now().Add(idle)); err != nil {
 			return 0, err
 		}
 	}
@@ -257,6 +261,24 @@ func (s *Server) SetEncoding(name string) error {
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// SetIdleTimeout changes the idle timeout of every connection, counted
+// from now for the ones waiting for bytes; 0 disables it.
+func (s *Server) SetIdleTimeout(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.idle.Store(int64(d))
+	if s.closing {
+		return // Shutdown owns the deadlines now
+	}
+	var deadline time.Time
+	if d > 0 {
+		deadline = time.Now().Add(d)
+	}
+	for _, c := range s.conns {
+		_ = c.nc.SetReadDeadline(deadline)
+	}
 }
 
 // beginClose stops accepting and returns the live connections.

@@ -258,6 +258,23 @@ func TestServerDisconnectCause(t *testing.T) {
 	}
 }
 
+// An idle timeout set later also reaches a connection waiting for bytes.
+func TestServerSetIdleTimeout(t *testing.T) {
+	causes := make(chan error, 1)
+	s := &Server{OnDisconnect: func(c *Conn, err error) { causes <- err }}
+	p := dialPeer(t, startServer(t, s))
+	s.SetIdleTimeout(50 * time.Millisecond)
+	p.expectClosed(t)
+	select {
+	case err := <-causes:
+		if !errors.Is(err, ErrIdleTimeout) {
+			t.Errorf("OnDisconnect err = %v, want %v", err, ErrIdleTimeout)
+		}
+	case <-time.After(testDeadline):
+		t.Fatal("OnDisconnect not called")
+	}
+}
+
 func TestServerShutdownWaitsForHandler(t *testing.T) {
 	entered := make(chan struct{})
 	release := make(chan struct{})
