@@ -215,24 +215,14 @@ const (
 	PackStream
 )
 
-var packingNames = [...]string{"record", "frame-per-record", "stream"}
+var packingNames = []string{"record", "frame-per-record", "stream"}
 
-func (p Packing) String() string {
-	if p < 0 || int(p) >= len(packingNames) {
-		return fmt.Sprintf("Packing(%d)", int(p))
-	}
-	return packingNames[p]
-}
+func (p Packing) String() string { return enumString(packingNames, "Packing", p) }
 
 // ParsePacking returns the Packing named "record", "frame-per-record" or
 // "stream".
 func ParsePacking(name string) (Packing, error) {
-	for i, n := range packingNames {
-		if n == name {
-			return Packing(i), nil
-		}
-	}
-	return 0, fmt.Errorf("astm: unknown packing %q (want record, frame-per-record or stream)", name)
+	return parseEnum[Packing](packingNames, "packing", name)
 }
 
 // BuildFrames frames records (record text without terminator) for one

@@ -2,7 +2,6 @@ package astm
 
 import (
 	"bytes"
-	"fmt"
 )
 
 // InputFormat is a replay input format.
@@ -15,24 +14,14 @@ const (
 	InputScript                      // a scripted conversation (ParseScript)
 )
 
-var inputFormatNames = [...]string{"records", "raw", "mnemonic", "script"}
+var inputFormatNames = []string{"records", "raw", "mnemonic", "script"}
 
-func (f InputFormat) String() string {
-	if f < 0 || int(f) >= len(inputFormatNames) {
-		return fmt.Sprintf("InputFormat(%d)", int(f))
-	}
-	return inputFormatNames[f]
-}
+func (f InputFormat) String() string { return enumString(inputFormatNames, "InputFormat", f) }
 
 // ParseInputFormat returns the InputFormat named "records", "raw",
 // "mnemonic" or "script".
 func ParseInputFormat(name string) (InputFormat, error) {
-	for i, n := range inputFormatNames {
-		if n == name {
-			return InputFormat(i), nil
-		}
-	}
-	return 0, fmt.Errorf("astm: unknown format %q (want records, raw, mnemonic or script)", name)
+	return parseEnum[InputFormat](inputFormatNames, "format", name)
 }
 
 // DetectInputFormat guesses the format of replay input: raw when the first
