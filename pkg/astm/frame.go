@@ -23,7 +23,10 @@ const (
 // DefaultFrameSize is the longest frame text E1381 allows.
 const DefaultFrameSize = 240
 
-const hexUpper = "0123456789ABCDEF"
+const (
+	hexUpper = "0123456789ABCDEF"
+	hexLower = "0123456789abcdef"
+)
 
 // Checksum returns the two upper-case hex digits of the modulo-256 sum of
 // covered, which runs from the frame number through the ETB or ETX byte.
@@ -60,13 +63,47 @@ func hexValue(c byte) (byte, bool) {
 	return 0, false
 }
 
+// Trailer is what follows a frame's checksum.
+type Trailer int
+
+const (
+	TrailerCRLF Trailer = iota // CR LF, as E1381 specifies
+	TrailerLF                  // LF alone (lossy captures, some TCP senders)
+	TrailerNone                // nothing: the next STX or EOT follows the checksum
+)
+
+var trailerNames = []string{"crlf", "lf", "none"}
+
+func (t Trailer) String() string { return enumString(trailerNames, "Trailer", t) }
+
+// ParseTrailer returns the Trailer named "crlf", "lf" or "none".
+func ParseTrailer(name string) (Trailer, error) {
+	return parseEnum[Trailer](trailerNames, "trailer", name)
+}
+
+// FrameStyle is how BuildFrames writes frames. The zero value is standard
+// E1381; the other settings emulate senders seen in the field, so that
+// receivers can be tested against them.
+type FrameStyle struct {
+	// FirstNumber is the frame-number digit of a transmission's first
+	// frame, '0'…'7'; 0 means the standard '1'. Later frames count on
+	// modulo 8.
+	FirstNumber byte
+	// LowerChecksum writes the checksum's hex digits in lower case.
+	LowerChecksum bool
+	// Trailer is what follows the checksum.
+	Trailer Trailer
+}
+
 // EncodeFrame returns STX, the frame number (fn modulo 8 as a digit), text,
 // ETX when final or ETB otherwise, the checksum and CR LF.
 func EncodeFrame(fn int, text []byte, final bool) []byte {
-	return appendFrame(make([]byte, 0, len(text)+7), fn, text, final)
+	return FrameStyle{}.appendFrame(make([]byte, 0, len(text)+7), fn, text, final)
 }
 
-func appendFrame(dst []byte, fn int, text []byte, final bool) []byte {
+// appendFrame appends frame number fn (taken modulo 8) in style s; the
+// caller applies FirstNumber.
+func (s FrameStyle) appendFrame(dst []byte, fn int, text []byte, final bool) []byte {
 	dst = append(dst, STX)
 	start := len(dst)
 	dst = append(dst, '0'+byte(fn&7))
@@ -76,8 +113,26 @@ func appendFrame(dst []byte, fn int, text []byte, final bool) []byte {
 	} else {
 		dst = append(dst, ETB)
 	}
-	cs := Checksum(dst[start:])
-	return append(dst, cs[0], cs[1], CR, LF)
+	sum, hex := sum8(dst[start:]), hexUpper
+	if s.LowerChecksum {
+		hex = hexLower
+	}
+	dst = append(dst, hex[sum>>4], hex[sum&0x0F])
+	switch s.Trailer {
+	case TrailerLF:
+		return append(dst, LF)
+	case TrailerNone:
+		return dst
+	}
+	return append(dst, CR, LF)
+}
+
+// firstNumber is the number of a transmission's first frame.
+func (s FrameStyle) firstNumber() int {
+	if s.FirstNumber == 0 {
+		return 1
+	}
+	return int(s.FirstNumber - '0')
 }
 
 // Frame is one decoded E1381 frame.
@@ -226,10 +281,11 @@ func ParsePacking(name string) (Packing, error) {
 }
 
 // BuildFrames frames records (record text without terminator) for one
-// transmission: frame numbers start at 1 and count modulo 8 across the whole
-// transmission; each record is followed by CR. frameSize is the longest frame
-// text: 0 means DefaultFrameSize and a negative value never splits.
-func BuildFrames(records [][]byte, packing Packing, frameSize int) [][]byte {
+// transmission: frame numbers start at 1 (or style.FirstNumber) and count
+// modulo 8 across the whole transmission; each record is followed by CR.
+// frameSize is the longest frame text: 0 means DefaultFrameSize and a
+// negative value never splits.
+func BuildFrames(records [][]byte, packing Packing, frameSize int, style FrameStyle) [][]byte {
 	if frameSize == 0 {
 		frameSize = DefaultFrameSize
 	}
@@ -252,6 +308,7 @@ func BuildFrames(records [][]byte, packing Packing, frameSize int) [][]byte {
 		}
 	}
 	var frames [][]byte
+	first := style.firstNumber()
 	for _, m := range msgs {
 		if len(m.text) == 0 {
 			continue
@@ -262,7 +319,8 @@ func BuildFrames(records [][]byte, packing Packing, frameSize int) [][]byte {
 				n = frameSize
 			}
 			last := n == len(text)
-			frames = append(frames, EncodeFrame(len(frames)+1, text[:n], last && m.final))
+			fn := first + len(frames)
+			frames = append(frames, style.appendFrame(make([]byte, 0, n+7), fn, text[:n], last && m.final))
 			text = text[n:]
 		}
 	}

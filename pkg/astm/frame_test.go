@@ -2,6 +2,7 @@ package astm
 
 import (
 	"bytes"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -108,7 +109,7 @@ func TestBuildFramesGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			frames := BuildFrames(recordLines(t, "records/"+name+".astm"), packing, 0)
+			frames := BuildFrames(recordLines(t, "records/"+name+".astm"), packing, 0, FrameStyle{})
 			got := append([]byte{ENQ}, bytes.Join(frames, nil)...)
 			got = append(got, EOT)
 			want := readTestdata(t, "framed/"+base)
@@ -139,7 +140,7 @@ func TestBuildFrames(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []string
-			for _, f := range BuildFrames(recs, tt.packing, tt.frameSize) {
+			for _, f := range BuildFrames(recs, tt.packing, tt.frameSize, FrameStyle{}) {
 				// The checksum and trailer are covered by the goldens; drop them.
 				got = append(got, FormatMnemonic(f[:len(f)-4]))
 			}
@@ -148,8 +149,67 @@ func TestBuildFrames(t *testing.T) {
 			}
 		})
 	}
-	if got := BuildFrames(nil, PackStream, 0); got != nil {
+	if got := BuildFrames(nil, PackStream, 0, FrameStyle{}); got != nil {
 		t.Errorf("BuildFrames(nil) = %q", got)
+	}
+}
+
+// TestBuildFramesStyle pins the dialects byte for byte. The checksums are
+// derived by hand from the frames of astm.md §9 (5L is 08, 2P is E4, 1H is
+// EF; the frame-number digit adds to the sum), not from the encoder.
+func TestBuildFramesStyle(t *testing.T) {
+	const (
+		h = "H|\\^&|||ReplaySim^1.0|||||||P|LIS2-A2|20240101120000"
+		p = "P|1||PID123||Doe^Jane||19800101|F"
+		l = "L|1|N"
+	)
+	tests := []struct {
+		name    string
+		recs    []string
+		packing Packing
+		size    int
+		style   FrameStyle
+		want    []string
+	}{
+		{"standard", []string{h, p, l}, PackRecord, 0, FrameStyle{}, []string{
+			"<STX>1" + h + "<CR><ETX>EF<CR><LF>", "<STX>2" + p + "<CR><ETX>E4<CR><LF>", "<STX>3" + l + "<CR><ETX>06<CR><LF>"}},
+		{"explicit first number 1 is the standard", []string{l}, PackRecord, 0, FrameStyle{FirstNumber: '1'}, []string{
+			"<STX>1" + l + "<CR><ETX>04<CR><LF>"}},
+		{"start at 0", []string{h, p}, PackRecord, 0, FrameStyle{FirstNumber: '0'}, []string{
+			"<STX>0" + h + "<CR><ETX>EE<CR><LF>", "<STX>1" + p + "<CR><ETX>E3<CR><LF>"}},
+		{"start at 6 wraps modulo 8", []string{l, l, l, l}, PackRecord, 0, FrameStyle{FirstNumber: '6'}, []string{
+			"<STX>6" + l + "<CR><ETX>09<CR><LF>", "<STX>7" + l + "<CR><ETX>0A<CR><LF>",
+			"<STX>0" + l + "<CR><ETX>03<CR><LF>", "<STX>1" + l + "<CR><ETX>04<CR><LF>"}},
+		{"lower-case checksum", []string{l, l}, PackRecord, 0, FrameStyle{FirstNumber: '7', LowerChecksum: true}, []string{
+			"<STX>7" + l + "<CR><ETX>0a<CR><LF>", "<STX>0" + l + "<CR><ETX>03<CR><LF>"}},
+		{"LF trailer", []string{h, p}, PackRecord, 0, FrameStyle{LowerChecksum: true, Trailer: TrailerLF}, []string{
+			"<STX>1" + h + "<CR><ETX>ef<LF>", "<STX>2" + p + "<CR><ETX>e4<LF>"}},
+		{"no trailer", []string{h, p}, PackRecord, 0, FrameStyle{Trailer: TrailerNone}, []string{
+			"<STX>1" + h + "<CR><ETX>EF", "<STX>2" + p + "<CR><ETX>E4"}},
+		// L06's frame-per-record frames: the style applies to ETB frames too.
+		{"ETB frames, lower case, no trailer", []string{"H|\\^&|||BioRad^1.0|||||||P|1|20251217223735", "P|1||||Doe^John||19700101|M"},
+			PackFramePerRecord, 0, FrameStyle{LowerChecksum: true, Trailer: TrailerNone}, []string{
+				"<STX>1H|\\^&|||BioRad^1.0|||||||P|1|20251217223735<CR><ETB>32", "<STX>2P|1||||Doe^John||19700101|M<CR><ETX>88"}},
+		// A record cut into frames keeps counting; 35+4C+7C+31+17 = 45 and
+		// 36+7C+4E+0D+03 = 10.
+		{"split record from 5", []string{l}, PackRecord, 3, FrameStyle{FirstNumber: '5', Trailer: TrailerLF}, []string{
+			"<STX>5L|1<ETB>45<LF>", "<STX>6|N<CR><ETX>10<LF>"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var recs [][]byte
+			for _, r := range tt.recs {
+				recs = append(recs, []byte(r))
+			}
+			var want [][]byte
+			for _, w := range tt.want {
+				want = append(want, mnemonic(t, w))
+			}
+			got := BuildFrames(recs, tt.packing, tt.size, tt.style)
+			if !cmp.Equal(want, got) {
+				t.Errorf("BuildFrames:\n got %q\nwant %q", got, want)
+			}
+		})
 	}
 }
 
@@ -157,7 +217,7 @@ func TestBuildFrames(t *testing.T) {
 // longest records file.
 func TestYumizenFraming(t *testing.T) {
 	recs := recordLines(t, "records/horiba-yumizen-h550-result.astm")
-	frames := BuildFrames(recs, PackRecord, 0)
+	frames := BuildFrames(recs, PackRecord, 0, FrameStyle{})
 	etb := 0
 	for i, f := range frames {
 		if len(f) > 247 {
@@ -173,7 +233,7 @@ func TestYumizenFraming(t *testing.T) {
 	if len(frames) != 78 || etb != 51 {
 		t.Errorf("got %d frames, %d ETB; want 78, 51", len(frames), etb)
 	}
-	unsplit := BuildFrames(recs, PackRecord, -1)
+	unsplit := BuildFrames(recs, PackRecord, -1, FrameStyle{})
 	longest := 0
 	for _, f := range unsplit {
 		longest = max(longest, len(f)-7)
@@ -183,18 +243,26 @@ func TestYumizenFraming(t *testing.T) {
 	}
 }
 
-func TestParsePacking(t *testing.T) {
-	for _, p := range []Packing{PackRecord, PackFramePerRecord, PackStream} {
-		got, err := ParsePacking(p.String())
-		if err != nil || got != p {
-			t.Errorf("ParsePacking(%q) = %v, %v", p.String(), got, err)
+func TestParseEnums(t *testing.T) {
+	check := func(name string, parse func(string) (fmt.Stringer, error), values ...fmt.Stringer) {
+		t.Helper()
+		for _, v := range values {
+			if got, err := parse(v.String()); err != nil || got != v {
+				t.Errorf("%s(%q) = %v, %v", name, v.String(), got, err)
+			}
 		}
 	}
-	if _, err := ParsePacking("frames"); err == nil {
-		t.Error("ParsePacking(frames) succeeded")
+	check("ParsePacking", func(s string) (fmt.Stringer, error) { return ParsePacking(s) }, PackRecord, PackFramePerRecord, PackStream)
+	check("ParseTrailer", func(s string) (fmt.Stringer, error) { return ParseTrailer(s) }, TrailerCRLF, TrailerLF, TrailerNone)
+	check("ParseSplit", func(s string) (fmt.Stringer, error) { return ParseSplit(s) }, SplitBlank, SplitHeader, SplitFile)
+	if _, err := ParseTrailer("CRLF"); err == nil || err.Error() != `astm: unknown trailer "CRLF" (want crlf, lf or none)` {
+		t.Errorf("ParseTrailer(CRLF) error = %v", err)
 	}
-	if got := Packing(7).String(); got != "Packing(7)" {
-		t.Errorf("Packing(7).String() = %q", got)
+	if _, err := ParsePacking("frames"); err == nil || err.Error() != `astm: unknown packing "frames" (want record, frame-per-record or stream)` {
+		t.Errorf("ParsePacking(frames) error = %v", err)
+	}
+	if got := Packing(7).String() + Trailer(-1).String() + Split(3).String(); got != "Packing(7)Trailer(-1)Split(3)" {
+		t.Errorf("unnamed values print as %q", got)
 	}
 }
 
@@ -247,6 +315,9 @@ func FuzzSplitUnits(f *testing.F) {
 	f.Add(readTestdata(f, "framed/immucor-galileo-result.stream.e1381.bin"))
 	f.Add(mnemonic(f, "<STX>1A<ETX>82<STX>2B<ETB>00<LF><EOT>garbage<STX>"))
 	f.Add([]byte{STX, ETX, STX, ETB, 'x'})
+	for _, seed := range dialectSeeds() {
+		f.Add(seed)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		units := SplitUnits(b)
 		if !bytes.Equal(bytes.Join(units, nil), b) {

@@ -77,7 +77,7 @@ func tcpPair(t testing.TB) (client, server net.Conn) {
 // transmission.
 func recordLines(t testing.TB, rel string) [][]byte {
 	t.Helper()
-	tx := ParseTranscript(readTestdata(t, rel))
+	tx := ParseTranscript(readTestdata(t, rel), SplitBlank)
 	if len(tx) != 1 {
 		t.Fatalf("%s: %d transmissions, want 1", rel, len(tx))
 	}

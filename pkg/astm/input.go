@@ -48,12 +48,34 @@ func DetectInputFormat(data []byte) InputFormat {
 	return InputRecords
 }
 
-// ParseTranscript splits records input into transmissions of records. Lines
-// end with LF, CR LF or CR; a blank line ends a transmission; lines starting
-// with '#' are comments. Record bytes are kept as they are.
-func ParseTranscript(data []byte) [][][]byte {
+// Split says where records input ends one transmission and starts the next.
+type Split int
+
+const (
+	SplitBlank  Split = iota // a blank line ends a transmission
+	SplitHeader              // every H record starts one; blank lines are layout
+	SplitFile                // the whole input is one transmission
+)
+
+var splitNames = []string{"blank", "header", "file"}
+
+func (s Split) String() string { return enumString(splitNames, "Split", s) }
+
+// ParseSplit returns the Split named "blank", "header" or "file".
+func ParseSplit(name string) (Split, error) { return parseEnum[Split](splitNames, "split", name) }
+
+// ParseTranscript splits records input into transmissions of records, as
+// split says. Lines end with LF, CR LF or CR; lines starting with '#' are
+// comments. Record bytes are kept as they are.
+func ParseTranscript(data []byte, split Split) [][][]byte {
 	var out [][][]byte
 	var cur [][]byte
+	flush := func() {
+		if len(cur) > 0 {
+			out = append(out, cur)
+			cur = nil
+		}
+	}
 	for rest := data; len(rest) > 0; {
 		line := rest
 		rest = nil
@@ -66,17 +88,17 @@ func ParseTranscript(data []byte) [][][]byte {
 		}
 		switch {
 		case len(bytes.TrimSpace(line)) == 0:
-			if len(cur) > 0 {
-				out = append(out, cur)
-				cur = nil
+			if split == SplitBlank {
+				flush()
 			}
 		case line[0] == '#':
 		default:
+			if split == SplitHeader && line[0] == 'H' {
+				flush()
+			}
 			cur = append(cur, line)
 		}
 	}
-	if len(cur) > 0 {
-		out = append(out, cur)
-	}
+	flush()
 	return out
 }

@@ -176,6 +176,30 @@ func TestReceiverState(t *testing.T) {
 				Warnings: []string{"1 frames numbered outside 0-7"},
 			}},
 		},
+		// Dialects the replay tool emulates (astm.md §2.9): all accepted.
+		{
+			name: "dialect: lower-case checksums, LF trailers, first frame 0",
+			input: "<ENQ><STX>0H|\\^&|||ReplaySim^1.0|||||||P|LIS2-A2|20240101120000<CR><ETX>ee<LF>" +
+				"<STX>1P|1||PID123||Doe^Jane||19800101|F<CR><ETX>e3<LF><STX>2L|1|N<CR><ETX>05<LF><EOT>",
+			replies:  "<ACK><ACK><ACK><ACK><ACK>",
+			sessions: []Session{{Body: recH + recP + recL, Records: lines(recH + recP + recL), Frames: 3}},
+		},
+		{
+			name: "dialect: no trailer, numbers wrap 7, 0, 1",
+			input: "<ENQ><STX>7H|\\^&|||ReplaySim^1.0|||||||P|LIS2-A2|20240101120000<CR><ETX>F5" +
+				"<STX>0P|1||PID123||Doe^Jane||19800101|F<CR><ETX>E2<STX>1L|1|N<CR><ETX>04<EOT>",
+			replies:  "<ACK><ACK><ACK><ACK><ACK>",
+			sessions: []Session{{Body: recH + recP + recL, Records: lines(recH + recP + recL), Frames: 3}},
+		},
+		{
+			name:    "dialect: a first frame other than 1 is NAKed only when strict",
+			opts:    ReceiverOptions{StrictFrameNumbers: true},
+			input:   "<ENQ><STX>0L|1|N<CR><ETX>03<LF><STX>1L|1|N<CR><ETX>04<LF><EOT>",
+			replies: "<ACK><NAK><ACK><ACK>",
+			sessions: []Session{{
+				Body: recL, Records: lines(recL), Frames: 1, NAKs: 1,
+			}},
+		},
 		{
 			name:    "adopted frame without ENQ",
 			input:   fH + "<EOT>",
@@ -544,6 +568,9 @@ func FuzzReceiver(f *testing.F) {
 	}
 	f.Add(mnemonic(f, "<ENQ>"+fH+"<ENQ><STX>1TRUNC"+fP+"<EOT><STX>2P|1||PID1<EOT>garbage<STX>1"+strings.Repeat("X", 100)))
 	f.Add(mnemonic(f, "<ENQ><STX>1R|1|XXXXXXXXXXXXXXX<CR><ETX>E4<CR><LF><STX>2L|1|N<CR><ETX>05<CR><LF><EOT>"))
+	for _, seed := range dialectSeeds() {
+		f.Add(seed)
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		opts := ReceiverOptions{MaxFrame: 48, MaxSession: 64}
 		if len(in) > 0 {
@@ -577,4 +604,36 @@ func FuzzReceiver(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestReceiverAcceptsFrameStyles feeds what BuildFrames writes in each
+// dialect to the default receiver: every frame is acknowledged and the body
+// is the records.
+func TestReceiverAcceptsFrameStyles(t *testing.T) {
+	body := "H|\\^&\nR|1|" + strings.Repeat("X", 40) + "\nL|1|N\n"
+	for i, seed := range dialectSeeds() {
+		run := feedAll(t, ReceiverOptions{}, seed, 0)
+		// ENQ, four 16-character frames of 57 characters, EOT.
+		if want := strings.Repeat("<ACK>", 6); run.replies != want {
+			t.Errorf("style %d: replies %s, want %s", i, run.replies, want)
+		}
+		if len(run.sessions) != 1 || run.sessions[0].Body != body || run.sessions[0].Frames != 4 {
+			t.Errorf("style %d: sessions %+v", i, run.sessions)
+		}
+	}
+}
+
+// dialectSeeds are transmissions in each frame style, as fuzz seeds.
+func dialectSeeds() [][]byte {
+	recs := [][]byte{[]byte("H|\\^&"), []byte("R|1|" + strings.Repeat("X", 40)), []byte("L|1|N")}
+	var seeds [][]byte
+	for _, style := range []FrameStyle{
+		{FirstNumber: '0', LowerChecksum: true, Trailer: TrailerLF},
+		{FirstNumber: '6', Trailer: TrailerNone},
+		{FirstNumber: '7', LowerChecksum: true, Trailer: TrailerNone},
+	} {
+		frames := BuildFrames(recs, PackStream, 16, style)
+		seeds = append(seeds, append(append([]byte{ENQ}, bytes.Join(frames, nil)...), EOT))
+	}
+	return seeds
 }

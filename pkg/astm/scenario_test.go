@@ -124,7 +124,7 @@ func TestSenderScripts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tx := ParseTranscript(input)
+			tx := ParseTranscript(input, SplitBlank)
 			if len(tx) != 1 {
 				t.Fatalf("input has %d transmissions", len(tx))
 			}

@@ -67,6 +67,10 @@ type SenderOptions struct {
 	// HonorInterrupt makes an EOT reply to a frame stop the transfer (EOT,
 	// ErrInterrupted). By default EOT counts as ACK and the transfer goes on.
 	HonorInterrupt bool
+	// FrameDelay, when positive, pauses before each frame after the first
+	// of a transmission, as a slow instrument would; retransmissions go at
+	// once. Bytes arriving meanwhile are consumed, as during BusyDelay.
+	FrameDelay time.Duration
 	// EOTWait, when positive, waits that long after the final EOT for the
 	// ACK that some receivers (the reference agent) send, and consumes it,
 	// so it is not taken as the reply to the next ENQ on the connection.
@@ -123,9 +127,10 @@ func NewSender(opts SenderOptions) *Sender {
 }
 
 // Send frames records (record text without terminator) with the configured
-// packing and frame size and transmits them as one ENQ…EOT transmission.
+// packing and frame size, in the standard style, and transmits them as one
+// ENQ…EOT transmission.
 func (s *Sender) Send(ctx context.Context, c Conn, records [][]byte) (Result, error) {
-	return s.SendFrames(ctx, c, BuildFrames(records, s.opts.Packing, s.opts.FrameSize))
+	return s.SendFrames(ctx, c, BuildFrames(records, s.opts.Packing, s.opts.FrameSize, FrameStyle{}))
 }
 
 // SendFrames transmits ready-made frames (for example units of a capture
@@ -147,6 +152,11 @@ func (s *Sender) SendFrames(ctx context.Context, c Conn, frames [][]byte) (Resul
 		return t.res, err
 	}
 	for i, f := range frames {
+		if i > 0 {
+			if err := t.pause(t.opts.FrameDelay); err != nil {
+				return t.res, err
+			}
+		}
 		if err := t.sendFrame(i+1, f, i == len(frames)-1); err != nil {
 			return t.res, err
 		}

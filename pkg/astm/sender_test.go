@@ -50,7 +50,7 @@ func TestSenderToReceiver(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				frames := len(BuildFrames(recs, packing, 0))
+				frames := len(BuildFrames(recs, packing, 0, FrameStyle{}))
 				if res.Frames != frames || res.NAKs != 0 || res.ENQs != 1 {
 					t.Errorf("Result %+v, want %d frames", res, frames)
 				}
@@ -254,5 +254,40 @@ func TestSenderConnectionLost(t *testing.T) {
 	_, err := NewSender(SenderOptions{}).Send(context.Background(), client, [][]byte{[]byte("L|1|N")})
 	if err == nil || errors.Is(err, ErrTimeout) {
 		t.Errorf("Send = %v, want a connection error", err)
+	}
+}
+
+// TestSenderFrameDelay checks that FrameDelay comes before each new frame
+// but not before the first one or a retransmission.
+func TestSenderFrameDelay(t *testing.T) {
+	const delay = 200 * time.Millisecond
+	client, server := tcpPair(t)
+	peer := &lis{t: t, conn: server, replies: mnemonic(t, "<ACK><NAK><ACK><ACK>")}
+	done := make(chan struct{})
+	go peer.run(done)
+	var sends []time.Time
+	trace := func(dir byte, unit []byte) {
+		if dir == '>' {
+			sends = append(sends, time.Now())
+		}
+	}
+	res, err := NewSender(SenderOptions{FrameDelay: delay, Trace: trace}).Send(context.Background(), client, [][]byte{[]byte("H|\\^&"), []byte("L|1|N")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.Close()
+	<-done
+	want := []string{"<ENQ>", "<STX>1H|\\^&<CR><ETX>E5<CR><LF>", "<STX>1H|\\^&<CR><ETX>E5<CR><LF>", "<STX>2L|1|N<CR><ETX>05<CR><LF>", "<EOT>"}
+	if diff := cmp.Diff(want, peer.units); diff != "" {
+		t.Fatalf("units sent (-want +got):\n%s", diff)
+	}
+	if res.Frames != 2 || res.Retransmissions != 1 {
+		t.Errorf("Result %+v", res)
+	}
+	for i, minGap := range []time.Duration{0, 0, delay, 0} {
+		gap := sends[i+1].Sub(sends[i])
+		if (minGap == 0 && gap >= delay) || gap < minGap {
+			t.Errorf("send %d came %s after the one before; want at least %s, less than %s if no delay", i+2, gap, minGap, delay)
+		}
 	}
 }
