@@ -418,6 +418,10 @@ func TestASTMReplayExitCodes(t *testing.T) {
 		{"sender script", nil, []string{sender}, 2, "plays the LIS", nil},
 		{"bad format", nil, []string{records, "--format", "hex"}, 2, `invalid --format "hex"`, nil},
 		{"bad pack", nil, []string{records, "--pack", "x"}, 2, `invalid --pack "x"`, nil},
+		{"bad split", nil, []string{records, "--split", "H"}, 2, `invalid --split "H"`, nil},
+		{"bad start-fn", nil, []string{records, "--start-fn", "8"}, 2, "invalid --start-fn 8", nil},
+		{"bad checksum case", nil, []string{records, "--checksum-case", "mixed"}, 2, `invalid --checksum-case "mixed"`, nil},
+		{"bad trailer", nil, []string{records, "--trailer", "cr"}, 2, `invalid --trailer "cr"`, nil},
 		{"serial flag without serial", nil, []string{records, "--baud", "9600"}, 2, "--baud needs --serial", nil},
 		{"bad repeat", nil, []string{records, "--repeat", "0"}, 2, "--repeat must be at least 1", nil},
 	}
@@ -500,6 +504,12 @@ func TestASTMReplayOptions(t *testing.T) {
 	galileo := astmData("records", "immucor-galileo-result.astm")
 	galileoBody := string(readData(t, astmData("framed", "immucor-galileo-result.body.txt")))
 	raw := astmData("framed", "immucor-galileo-result.stream.e1381.bin")
+	// Two messages with no blank line between: one transmission unless
+	// --split header.
+	twice := filepath.Join(t.TempDir(), "twice.astm")
+	if err := os.WriteFile(twice, append(append(readData(t, galileo), '\n'), readData(t, galileo)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name       string
 		args       []string // after HOST PORT
@@ -511,6 +521,12 @@ func TestASTMReplayOptions(t *testing.T) {
 			replaySummary{Transmissions: 3, Accepted: 3, Frames: 57}},
 		{"connection per transmission", []string{galileo, galileo, "--conn", "per-transmission"}, 2, []string{galileoBody, galileoBody},
 			replaySummary{Transmissions: 2, Accepted: 2, Frames: 38}},
+		{"dialect: lower-case checksums, LF trailers, frames from 0", []string{galileo, "--start-fn", "0", "--checksum-case", "lower", "--trailer", "lf"},
+			1, []string{galileoBody}, replaySummary{Transmissions: 1, Accepted: 1, Frames: 19}},
+		{"split at each H, paced", []string{twice, "--split", "header", "--inter-frame-delay", "1ms", "--inter-transmission-delay", "10ms"},
+			1, []string{galileoBody, galileoBody}, replaySummary{Transmissions: 2, Accepted: 2, Frames: 38}},
+		{"without --split header, one transmission", []string{twice}, 1, []string{galileoBody + galileoBody},
+			replaySummary{Transmissions: 1, Accepted: 1, Frames: 38}},
 		{"corrupt frame 2 is NAKed and resent", []string{galileo, "--corrupt", "2"}, 1, []string{galileoBody},
 			replaySummary{Transmissions: 1, Accepted: 1, Frames: 19, NAKs: 1, Retransmissions: 1}},
 		// A stream written a byte at a time without waiting still delivers;

@@ -50,8 +50,8 @@ func (o *Options) loadInput(name string, warn func(format string, args ...any)) 
 		if frameSize == 0 {
 			frameSize = -1 // BuildFrames: never split
 		}
-		for _, records := range astm.ParseTranscript(data, astm.SplitBlank) {
-			in.txs = append(in.txs, astm.BuildFrames(records, o.Packing, frameSize, astm.FrameStyle{}))
+		for _, records := range astm.ParseTranscript(data, o.Split) {
+			in.txs = append(in.txs, astm.BuildFrames(records, o.Packing, frameSize, o.Style))
 		}
 		if o.NoWait {
 			for _, frames := range in.txs {

@@ -43,9 +43,12 @@ type Options struct {
 	FixChecksums bool
 	Renumber     bool
 
-	// Framing of records input; FrameSize 0 never splits.
+	// Records input: where transmissions end, and how they are framed;
+	// FrameSize 0 never splits.
+	Split     astm.Split
 	Packing   astm.Packing
 	FrameSize int
+	Style     astm.FrameStyle
 
 	// E1381 sender behaviour.
 	AckTimeout      time.Duration
@@ -59,6 +62,10 @@ type Options struct {
 	Chunk           int
 	ChunkDelay      time.Duration
 	NoWait          bool
+	// Pauses before each frame after a transmission's first, and between
+	// transmissions.
+	FrameDelay        time.Duration
+	TransmissionDelay time.Duration
 
 	Repeat int
 	Trace  string // "" off, "-" standard error, else a file
@@ -68,7 +75,8 @@ type Options struct {
 // NewCmdReplay builds the command; runF replaces the run function in tests.
 func NewCmdReplay(f *cmdutil.Factory, runF func(context.Context, *Options) error) *cobra.Command {
 	opts := &Options{IO: f.IOStreams}
-	var packing, serial string
+	var serial string
+	var rf recordFlags
 	cmd := &cobra.Command{
 		Use:   "replay {HOST PORT | --serial DEVICE} FILE...",
 		Short: "Play an instrument: replay ASTM records, captures or scripts to a listener",
@@ -76,9 +84,12 @@ func NewCmdReplay(f *cmdutil.Factory, runF func(context.Context, *Options) error
 instrument and replay each FILE, one after the other, over one connection (--conn).
 
 Input formats (--format, sniffed per file by default):
-  records   E1394 text, one record per line (LF, CR LF or CR); a blank line ends a
-            transmission; lines starting with # are comments. Framed per --pack and
-            --frame-size.
+  records   E1394 text, one record per line (LF, CR LF or CR); lines starting with #
+            are comments. --split says where a transmission ends: blank (a blank
+            line, the default), header (before each H record) or file (one per
+            file). Framed per --pack and --frame-size; --start-fn, --checksum-case
+            and --trailer emulate instruments that stray from E1381 (first frame
+            numbered other than 1, lower-case checksum, LF or nothing after it).
   raw       the instrument's bytes as captured: ENQ, frames, EOT. Each frame is sent on
             its own and must be answered, like a real instrument; recorded checksums are
             checked (--fix-checksums recomputes them, --renumber rewrites frame numbers).
@@ -91,7 +102,9 @@ The sender follows E1381: ENQ until answered ACK (NAK: wait --enq-retry-delay; E
 contention, wait --contention-delay), then each frame until ACKed (EOT counts as ACK
 unless --honor-interrupt), at most --max-attempts sends, then EOT. After EOT it waits
 up to --eot-wait for the ACK some listeners send, so it is not taken for the answer to
-the next ENQ. --no-wait writes everything without waiting and then collects replies.
+the next ENQ. --inter-frame-delay paces the frames of a transmission (not the
+retransmissions), --inter-transmission-delay the transmissions; neither applies to
+scripts. --no-wait writes everything without waiting and then collects replies.
 
 --trace writes both directions in mnemonic notation as a script ("> " sent, "< "
 received) that --format script can replay; --trace alone writes it to standard error,
@@ -138,9 +151,8 @@ Exit status: 0 every transmission accepted (every script passed), 3 frames rejec
 					return cmdutil.FlagErrorf("invalid --format %q: use auto, records, raw, mnemonic or script", opts.Format)
 				}
 			}
-			var err error
-			if opts.Packing, err = astm.ParsePacking(packing); err != nil {
-				return cmdutil.FlagErrorf("invalid --pack %q: use record, frame-per-record or stream", packing)
+			if err := opts.setRecordFlags(rf); err != nil {
+				return err
 			}
 			if err := opts.validate(); err != nil {
 				return err
@@ -164,8 +176,12 @@ Exit status: 0 every transmission accepted (every script passed), 3 frames rejec
 	fl.StringVar(&opts.Format, "format", FormatAuto, "Input format: auto, records, raw, mnemonic or script")
 	fl.BoolVar(&opts.FixChecksums, "fix-checksums", false, "Raw and mnemonic input: recompute recorded checksums")
 	fl.BoolVar(&opts.Renumber, "renumber", false, "Raw and mnemonic input: renumber frames 1, 2, ... 7, 0 from each ENQ (recomputes checksums)")
-	fl.StringVar(&packing, "pack", "record", "Records input: record (CR ETX per record), frame-per-record (ETB between records) or stream")
+	fl.StringVar(&rf.split, "split", "blank", "Records input: a transmission ends at a blank line (blank), before each H record (header) or with the file (file)")
+	fl.StringVar(&rf.packing, "pack", "record", "Records input: record (CR ETX per record), frame-per-record (ETB between records) or stream")
 	fl.IntVar(&opts.FrameSize, "frame-size", astm.DefaultFrameSize, "Records input: longest frame text, 0 never splits")
+	fl.IntVar(&rf.startFN, "start-fn", 1, "Records input: number of each transmission's first frame, 0 to 7")
+	fl.StringVar(&rf.checksumCase, "checksum-case", "upper", "Records input: checksum hex digits in upper or lower case")
+	fl.StringVar(&rf.trailer, "trailer", "crlf", "Records input: what follows each frame's checksum: crlf, lf or none")
 
 	fl.DurationVar(&opts.AckTimeout, "ack-timeout", astm.DefaultReplyTimeout, "Wait for a reply to ENQ and to each frame (and for each script expectation)")
 	fl.IntVar(&opts.MaxAttempts, "max-attempts", astm.DefaultMaxAttempts, "Sends of one frame before giving up")
@@ -177,6 +193,8 @@ Exit status: 0 every transmission accepted (every script passed), 3 frames rejec
 	fl.IntSliceVar(&opts.Corrupt, "corrupt", nil, "Send frame `N[,M...]` of each transmission with a wrong checksum the first time")
 	fl.IntVar(&opts.Chunk, "chunk", 0, "Split every write into writes of at most `N` bytes")
 	fl.DurationVar(&opts.ChunkDelay, "chunk-delay", 0, "Pause between the writes of --chunk")
+	fl.DurationVar(&opts.FrameDelay, "inter-frame-delay", 0, "Pause before each frame after the first of a transmission")
+	fl.DurationVar(&opts.TransmissionDelay, "inter-transmission-delay", 0, "Pause between transmissions")
 	fl.BoolVar(&opts.NoWait, "no-wait", false, "Write all bytes without waiting for replies, then collect the replies")
 
 	fl.IntVarP(&opts.Repeat, "repeat", "n", 1, "Replay all files this many times")
@@ -185,7 +203,10 @@ Exit status: 0 every transmission accepted (every script passed), 3 frames rejec
 	fl.BoolVar(&opts.JSON, "json", false, "Print the summary as JSON")
 
 	_ = cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions([]string{FormatAuto, "records", "raw", "mnemonic", "script"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("split", cobra.FixedCompletions([]string{"blank", "header", "file"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("pack", cobra.FixedCompletions([]string{"record", "frame-per-record", "stream"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("checksum-case", cobra.FixedCompletions([]string{"upper", "lower"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("trailer", cobra.FixedCompletions([]string{"crlf", "lf", "none"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("conn", cobra.FixedCompletions([]string{ConnPerRun, ConnPerFile, ConnPerTransmission}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("parity", cobra.FixedCompletions([]string{"none", "odd", "even", "mark", "space"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("stop-bits", cobra.FixedCompletions([]string{"1", "1.5", "2"}, cobra.ShellCompDirectiveNoFileComp))
@@ -217,6 +238,38 @@ func serialConfig(device string, fl *pflag.FlagSet) (serialport.Config, error) {
 	return cfg, nil
 }
 
+// recordFlags are the records-input flags that Options holds parsed.
+type recordFlags struct {
+	split, packing, checksumCase, trailer string
+	startFN                               int
+}
+
+// setRecordFlags checks the records-input flags and sets them in o.
+func (o *Options) setRecordFlags(rf recordFlags) error {
+	var err error
+	if o.Split, err = astm.ParseSplit(rf.split); err != nil {
+		return cmdutil.FlagErrorf("invalid --split %q: use blank, header or file", rf.split)
+	}
+	if o.Packing, err = astm.ParsePacking(rf.packing); err != nil {
+		return cmdutil.FlagErrorf("invalid --pack %q: use record, frame-per-record or stream", rf.packing)
+	}
+	if rf.startFN < 0 || rf.startFN > 7 {
+		return cmdutil.FlagErrorf("invalid --start-fn %d: frame numbers go from 0 to 7", rf.startFN)
+	}
+	o.Style.FirstNumber = '0' + byte(rf.startFN)
+	switch rf.checksumCase {
+	case "upper":
+	case "lower":
+		o.Style.LowerChecksum = true
+	default:
+		return cmdutil.FlagErrorf("invalid --checksum-case %q: use upper or lower", rf.checksumCase)
+	}
+	if o.Style.Trailer, err = astm.ParseTrailer(rf.trailer); err != nil {
+		return cmdutil.FlagErrorf("invalid --trailer %q: use crlf, lf or none", rf.trailer)
+	}
+	return nil
+}
+
 func (o *Options) validate() error {
 	switch {
 	case o.Conn != ConnPerRun && o.Conn != ConnPerFile && o.Conn != ConnPerTransmission:
@@ -229,7 +282,7 @@ func (o *Options) validate() error {
 		return cmdutil.FlagErrorf("--ack-timeout must be positive")
 	case o.MaxAttempts < 1 || o.MaxENQAttempts < 1:
 		return cmdutil.FlagErrorf("--max-attempts and --max-enq-attempts must be at least 1")
-	case o.ENQRetryDelay < 0 || o.ContentionDelay < 0 || o.EOTWait < 0 || o.ChunkDelay < 0:
+	case o.ENQRetryDelay < 0 || o.ContentionDelay < 0 || o.EOTWait < 0 || o.ChunkDelay < 0 || o.FrameDelay < 0 || o.TransmissionDelay < 0:
 		return cmdutil.FlagErrorf("delays must not be negative")
 	case o.Chunk < 0:
 		return cmdutil.FlagErrorf("--chunk must not be negative")
@@ -237,6 +290,8 @@ func (o *Options) validate() error {
 		return cmdutil.FlagErrorf("--repeat must be at least 1")
 	case o.NoWait && len(o.Corrupt) > 0:
 		return cmdutil.FlagErrorf("--corrupt needs replies, so it cannot be used with --no-wait")
+	case o.NoWait && (o.FrameDelay > 0 || o.TransmissionDelay > 0):
+		return cmdutil.FlagErrorf("--inter-frame-delay and --inter-transmission-delay pace the E1381 sender, which --no-wait bypasses; use --chunk-delay")
 	}
 	return nil
 }

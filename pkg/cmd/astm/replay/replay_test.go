@@ -29,7 +29,7 @@ func TestNewCmdReplay(t *testing.T) {
 	defaults := Options{
 		Host: "127.0.0.1", Port: 4000, Files: []string{"a.astm"},
 		ConnectTimeout: 5 * time.Second, Conn: ConnPerRun, Format: FormatAuto, Packing: astm.PackRecord,
-		FrameSize: 240, AckTimeout: 15 * time.Second, MaxAttempts: 6, ENQRetryDelay: 10 * time.Second,
+		FrameSize: 240, Style: astm.FrameStyle{FirstNumber: '1'}, AckTimeout: 15 * time.Second, MaxAttempts: 6, ENQRetryDelay: 10 * time.Second,
 		MaxENQAttempts: 6, ContentionDelay: time.Second, EOTWait: 200 * time.Millisecond, Repeat: 1,
 	}
 	with := func(f func(o *Options)) Options {
@@ -57,6 +57,16 @@ func TestNewCmdReplay(t *testing.T) {
 				o.Format, o.Packing, o.FrameSize, o.AckTimeout, o.Repeat = "raw", astm.PackStream, 0, 300*time.Millisecond, 5
 				o.Trace, o.JSON, o.Corrupt = "-", true, []int{2, 3}
 			}), ""},
+		{"dialect and pacing", "h 1 a.astm --split header --start-fn 0 --checksum-case lower --trailer lf --inter-frame-delay 5ms --inter-transmission-delay 1s",
+			with(func(o *Options) {
+				o.Host, o.Port = "h", 1
+				o.Split, o.Style = astm.SplitHeader, astm.FrameStyle{FirstNumber: '0', LowerChecksum: true, Trailer: astm.TrailerLF}
+				o.FrameDelay, o.TransmissionDelay = 5*time.Millisecond, time.Second
+			}), ""},
+		{"one transmission per file, frames from 7, no trailer", "h 1 a.astm --split file --start-fn 7 --trailer none",
+			with(func(o *Options) {
+				o.Host, o.Port, o.Split, o.Style = "h", 1, astm.SplitFile, astm.FrameStyle{FirstNumber: '7', Trailer: astm.TrailerNone}
+			}), ""},
 		{"trace to a file", "h 1 a.astm --trace=t.script", with(func(o *Options) { o.Host, o.Port, o.Trace = "h", 1, "t.script" }), ""},
 		{"serial device with flags", "--serial /dev/ttyUSB0 --baud 19200 --parity even a.astm b.astm", serial(sc, "a.astm", "b.astm"), ""},
 		{"serial URL, a flag wins", "--serial serial:///dev/ttyS1?baud=9600&dataBits=7 --baud 2400 a.astm", serial(url, "a.astm"), ""},
@@ -65,6 +75,15 @@ func TestNewCmdReplay(t *testing.T) {
 		{"bad port", "h 70000 a", Options{}, `invalid port "70000"`},
 		{"bad format", "h 1 a --format hex", Options{}, `invalid --format "hex"`},
 		{"bad pack", "h 1 a --pack x", Options{}, `invalid --pack "x"`},
+		{"bad split", "h 1 a --split line", Options{}, `invalid --split "line": use blank, header or file`},
+		{"start-fn above 7", "h 1 a --start-fn 8", Options{}, "invalid --start-fn 8: frame numbers go from 0 to 7"},
+		{"negative start-fn", "h 1 a --start-fn -1", Options{}, "invalid --start-fn -1"},
+		{"start-fn not a number", "h 1 a --start-fn one", Options{}, `invalid argument "one" for "--start-fn"`},
+		{"bad checksum case", "h 1 a --checksum-case UPPER", Options{}, `invalid --checksum-case "UPPER": use upper or lower`},
+		{"bad trailer", "h 1 a --trailer cr", Options{}, `invalid --trailer "cr": use crlf, lf or none`},
+		{"negative frame delay", "h 1 a --inter-frame-delay -1ms", Options{}, "delays must not be negative"},
+		{"negative transmission delay", "h 1 a --inter-transmission-delay -1s", Options{}, "delays must not be negative"},
+		{"pacing without replies", "h 1 a --no-wait --inter-transmission-delay 1s", Options{}, "--no-wait bypasses"},
 		{"bad conn", "h 1 a --conn sometimes", Options{}, `invalid --conn "sometimes"`},
 		{"negative frame size", "h 1 a --frame-size -1", Options{}, "--frame-size must not be negative"},
 		{"zero ack timeout", "h 1 a --ack-timeout 0", Options{}, "--ack-timeout must be positive"},
@@ -104,6 +123,13 @@ func TestNewCmdReplay(t *testing.T) {
 
 func TestLoadInput(t *testing.T) {
 	frame := func(fn int, text string) []byte { return astm.EncodeFrame(fn, []byte(text), true) }
+	lit := func(s string) []byte {
+		b, err := astm.ParseMnemonic(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
 	badCS := append(bytes.Clone(frame(1, "H|x\r")[:len(frame(1, "H|x\r"))-4]), 'Z', 'Z', '\r', '\n')
 	tests := []struct {
 		name     string
@@ -116,6 +142,15 @@ func TestLoadInput(t *testing.T) {
 	}{
 		{"records, two transmissions", Options{Format: FormatAuto}, "# comment\r\nH|a\r\nL|1\r\n\r\nH|b\n",
 			[][][]byte{{frame(1, "H|a\r"), frame(2, "L|1\r")}, {frame(1, "H|b\r")}}, nil, nil, ""},
+		// Checksums by hand: 37+48+7C+61+0D+03 = 6C, and so on.
+		{"records, split at each H, dialect", Options{Format: FormatAuto, Split: astm.SplitHeader,
+			Style: astm.FrameStyle{FirstNumber: '7', LowerChecksum: true, Trailer: astm.TrailerNone}}, "H|a\nL|1\nH|b\nP|1\nL|1\n",
+			[][][]byte{
+				{lit("<STX>7H|a<CR><ETX>6c"), lit("<STX>0L|1<CR><ETX>39")},
+				{lit("<STX>7H|b<CR><ETX>6d"), lit("<STX>0P|1<CR><ETX>3d"), lit("<STX>1L|1<CR><ETX>3a")},
+			}, nil, nil, ""},
+		{"records, one transmission per file", Options{Format: FormatAuto, Split: astm.SplitFile}, "H|a\n\nL|1\n\n",
+			[][][]byte{{frame(1, "H|a\r"), frame(2, "L|1\r")}}, nil, nil, ""},
 		{"records, frame size 0 never splits", Options{Format: "records", FrameSize: 0}, strings.Repeat("R", 300),
 			[][][]byte{{frame(1, strings.Repeat("R", 300)+"\r")}}, nil, nil, ""},
 		{"records, no-wait units", Options{Format: FormatAuto, NoWait: true, FrameSize: 240}, "L|1\n",
@@ -245,6 +280,10 @@ func TestReplayRun(t *testing.T) {
 	if err := os.WriteFile(records, []byte("H|\\^&\nL|1|N\n\nH|\\^&\nL|1|N\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	headers := filepath.Join(dir, "headers.astm")
+	if err := os.WriteFile(headers, []byte("H|\\^&\nL|1|N\nH|\\^&\nL|1|N\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	body := "H|\\^&\nL|1|N\n"
 	l02 := filepath.Join("..", "..", "..", "..", "testdata", "astm", "scenarios", "L02-happy-path-record-per-frame.script")
 	s, err := astm.ParseScript(bytes.NewReader(mustRead(t, l02)))
@@ -269,6 +308,20 @@ func TestReplayRun(t *testing.T) {
 			[]string{body, body},
 			Summary{Files: 1, Repeat: 1, Transmissions: 2, Accepted: 2, Frames: 4, ENQs: 2, BytesSent: 2 * 28, BytesReceived: 2 * 4},
 			"# in.astm\n> <ENQ>\n< <ACK>\n> <STX>1H|\\^&<CR><ETX>"},
+		// Both transmissions start again at frame 0; frames are 12 bytes.
+		{"dialect: lower case, LF, from 0, into our receiver", nil, func(o *Options) {
+			o.Style, o.Trace = astm.FrameStyle{FirstNumber: '0', LowerChecksum: true, Trailer: astm.TrailerLF}, "-"
+		}, false, 0, []string{body, body},
+			Summary{Files: 1, Repeat: 1, Transmissions: 2, Accepted: 2, Frames: 4, ENQs: 2, BytesSent: 2 * 26, BytesReceived: 2 * 4},
+			"> <STX>0H|\\^&<CR><ETX>e4<LF>\n< <ACK>\n> <STX>1L|1|N<CR><ETX>04<LF>\n< <ACK>\n> <EOT>\n< <ACK>\n" +
+				"> <ENQ>\n< <ACK>\n> <STX>0H|\\^&<CR><ETX>e4<LF>\n"},
+		{"split at each H, transmissions paced", nil, func(o *Options) {
+			o.Files, o.Split, o.TransmissionDelay, o.Repeat = []string{headers}, astm.SplitHeader, 150*time.Millisecond, 2
+		}, false, 0, []string{body, body, body, body},
+			Summary{Files: 1, Repeat: 2, Transmissions: 4, Accepted: 4, Frames: 8, ENQs: 4, BytesSent: 4 * 28, BytesReceived: 4 * 4}, ""},
+		{"one transmission per file, frames paced", nil, func(o *Options) { o.Split, o.FrameDelay = astm.SplitFile, 100*time.Millisecond }, false, 0,
+			[]string{body + body},
+			Summary{Files: 1, Repeat: 1, Transmissions: 1, Accepted: 1, Frames: 4, ENQs: 1, BytesSent: 1 + 4*13 + 1, BytesReceived: 6}, ""},
 		{"frames NAKed", func(b byte) byte {
 			switch b {
 			case astm.ENQ:
@@ -321,13 +374,21 @@ func TestReplayRun(t *testing.T) {
 			}
 			opts.Port, _ = strconv.Atoi(port)
 			tt.opts(opts)
+			start := time.Now()
 			err := replayRun(context.Background(), opts)
+			elapsed := time.Since(start)
 			if code := cmdutil.ExitCode(err); code != tt.wantCode {
 				t.Fatalf("exit %d (%v), want %d", code, err, tt.wantCode)
 			}
 			var got Summary
 			if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
 				t.Fatalf("summary: %v\n%s", err, stdout)
+			}
+			// Every frame but a transmission's first, and every transmission
+			// but the run's first, waits its delay.
+			least := time.Duration(got.Frames-got.Transmissions)*opts.FrameDelay + time.Duration(got.Transmissions-1)*opts.TransmissionDelay
+			if elapsed < least {
+				t.Errorf("took %s, want at least %s", elapsed, least)
 			}
 			tt.want.Target = "127.0.0.1:" + port
 			got.Error = strings.ReplaceAll(got.Error, dir+string(filepath.Separator), "")

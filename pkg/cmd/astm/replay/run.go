@@ -45,6 +45,7 @@ func replayRun(ctx context.Context, opts *Options) error {
 		MaxENQAttempts:   opts.MaxENQAttempts,
 		HonorInterrupt:   opts.HonorInterrupt,
 		EOTWait:          opts.EOTWait,
+		FrameDelay:       opts.FrameDelay,
 	}
 	if len(opts.Corrupt) > 0 {
 		so.Corrupt = func(n int) bool { return slices.Contains(opts.Corrupt, n) }
@@ -113,6 +114,13 @@ func (r *runner) replay(in *input, pass int) error {
 		return r.stream(in, where)
 	}
 	for i, frames := range in.txs {
+		// Counted over the whole run, so the pause also comes between
+		// files and passes.
+		if r.sum.Transmissions > 0 && r.opts.TransmissionDelay > 0 {
+			if err := sleep(r.ctx, r.opts.TransmissionDelay); err != nil {
+				return classify(r.ctx, where, err)
+			}
+		}
 		if r.opts.Conn == ConnPerTransmission {
 			r.closeLink()
 		}
