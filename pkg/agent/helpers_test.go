@@ -34,13 +34,22 @@ const (
 // freePort returns a port that was free a moment ago.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		// The kernel may offer a closed port again; a test that binds two
+		// of them later would find them the same.
+		if _, dup := portsGiven.LoadOrStore(port, true); !dup {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
+
+var portsGiven sync.Map
 
 func mllpAddr(port int, query string) string {
 	s := fmt.Sprintf("mllp://127.0.0.1:%d", port)

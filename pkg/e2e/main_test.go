@@ -163,14 +163,22 @@ func startListen(t *testing.T, args ...string) (*proc, string) {
 // freePort returns a loopback port that was free a moment ago.
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(l.Addr().String())
+		l.Close()
+		// The kernel may offer a closed port again; a test that binds two
+		// of them later would find them the same.
+		if _, dup := portsGiven.LoadOrStore(port, true); !dup {
+			return port
+		}
 	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
 }
+
+var portsGiven sync.Map
 
 // waitPort waits until something accepts connections on 127.0.0.1:port.
 func waitPort(t *testing.T, port string, d time.Duration) {
