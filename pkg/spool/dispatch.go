@@ -563,13 +563,20 @@ func (w *worker) step(ctx context.Context) (time.Duration, bool) {
 	var marked, open []*flight
 	var outcomes []*outcome
 	for _, f := range flights {
+		mark := false
 		if f.done == nil {
-			mark, next := w.watch(f)
-			if mark {
-				marks = append(marks, sentMark{id: f.row.ID, attempt: f.row.Attempt, at: f.sentAt})
-				marked = append(marked, f)
-			}
+			var next time.Duration
+			mark, next = w.watch(f)
 			wait = shorter(wait, next)
+		} else {
+			// Answered before its send was recorded: record it with the answer.
+			w.mu.Lock()
+			mark = f.sent && !f.recorded
+			w.mu.Unlock()
+		}
+		if mark {
+			marks = append(marks, sentMark{id: f.row.ID, attempt: f.row.Attempt, at: f.sentAt})
+			marked = append(marked, f)
 		}
 		if f.done != nil {
 			outcomes = append(outcomes, f.done)

@@ -129,6 +129,9 @@ func TestDispatchFIFOPerChannel(t *testing.T) {
 		}
 		for _, id := range ids[ch] {
 			waitState(t, h.s, id, StateProcessed)
+			if r := mustGet(t, h.s, id); r.SentAt.IsZero() {
+				t.Errorf("row %d processed without its send time", id)
+			}
 		}
 	}
 	eventually(t, "six settlements", func() bool { return h.settled.len() == 6 })
