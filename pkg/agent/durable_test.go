@@ -397,8 +397,9 @@ func TestParseQueueSettings(t *testing.T) {
 				stringSetting("channelRetryMode", "normal"), intSetting("channelAutoRetryBaseDelayMs", 10),
 				intSetting("channelAutoRetryMaxDelayMs", 20), intSetting("channelAutoRetryMaxAttempts", 0),
 				decimalSetting("channelAutoRetryBackoffMultiplier", 1.5), stringSetting("duplicateBehavior", "reject"),
+				intSetting("queueMaxInFlight", 1),
 			},
-			want: queueSettings{dbPath: "/q.sqlite",
+			want: queueSettings{dbPath: "/q.sqlite", maxInFlight: 1,
 				retention: spool.RetentionSettings{ProcessedMaxAge: 48 * time.Hour, MaxBytes: 3 << 20,
 					ErroredMaxAge: 96 * time.Hour, SweepInterval: 5 * time.Second},
 				retry:      retryConfig{mode: spool.RetryNormal, baseMs: 10, maxMs: 20, maxAttempts: 0, multiplier: 1.5},
@@ -408,9 +409,9 @@ func TestParseQueueSettings(t *testing.T) {
 			name: "invalid",
 			list: []fhir.AgentSetting{stringSetting("durableQueue", "yes"), stringSetting("channelRetryMode", "always"),
 				intSetting("channelAutoRetryBaseDelayMs", 100), intSetting("channelAutoRetryMaxDelayMs", 10),
-				stringSetting("duplicateBehavior", "x")},
+				stringSetting("duplicateBehavior", "x"), intSetting("queueMaxInFlight", 5000)},
 			want:     queueSettings{enabled: true, retry: retryConfig{baseMs: 100, maxMs: 10, maxAttempts: -1}},
-			warnings: 4,
+			warnings: 5,
 		},
 	}
 	for _, tt := range tests {
