@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/medplum-agent/medplum-agent/pkg/atomicfile"
 	"github.com/medplum-agent/medplum-agent/pkg/auth"
 	"github.com/medplum-agent/medplum-agent/pkg/dicom"
 	"github.com/medplum-agent/medplum-agent/pkg/dicom/assoc"
@@ -31,10 +32,11 @@ import (
 // and only then answered Success. Workers then upload each spooled file as
 // a FHIR Binary and send agent:transmit:request with the DICOM JSON of the
 // instance (as the reference does), off the association, so that a slow
-// or absent server never holds up the modality. A spool file is deleted
-// once the server has answered its transmit; files left by a stop or a
-// crash are sent again at the next start. Nothing acknowledged is lost;
-// an instance may reach the server twice.
+// or absent server never holds up the modality. A spool file goes once
+// the server has answered its transmit, its file kept to write a later
+// instance into; files left by a stop or a crash are sent again at the
+// next start. Nothing acknowledged is lost; an instance may reach the
+// server twice.
 //
 // With the durable queue the same steps map onto it: the spool write is
 // PutBlob + Intake, forward's upload and JSON are the Prepare hook, and
@@ -60,6 +62,11 @@ const (
 	dicomSweepEvery = 5 * time.Second
 	// dicomLiveCheck paces the wait for the link before an upload.
 	dicomLiveCheck = time.Second
+	// A channel keeps up to dicomSpares forwarded files of at most
+	// dicomSpareSize bytes to write the next instances into, sparing a file
+	// creation and deletion per instance (see atomicfile.Recycler).
+	dicomSpares    = 16
+	dicomSpareSize = 4 << 20
 
 	dicomSpoolDir  = "dicom-spool" // in the data dir, one folder per channel
 	dicomFailedDir = "failed"      // in a channel's folder: refused by the server
@@ -438,8 +445,9 @@ func (ch *dicomChannel) sweep(ctx context.Context) {
 // <hex sequence>.<calling AE>.<called AE>.dcm (AEs in unpadded base64url),
 // so the association survives a restart without a second file.
 type dicomSpool struct {
-	dir  string
-	wake chan struct{} // signalled when todo grows
+	dir      string
+	recycler *atomicfile.Recycler
+	wake     chan struct{} // signalled when todo grows
 
 	mu      sync.Mutex
 	todo    []string          // waiting for a worker, oldest first
@@ -454,7 +462,10 @@ type handed struct {
 }
 
 func newDICOMSpool(dir string) *dicomSpool {
-	return &dicomSpool{dir: dir, wake: make(chan struct{}, 1), pending: map[string]handed{}}
+	return &dicomSpool{
+		dir: dir, recycler: atomicfile.NewRecycler(dir, dicomSpares, dicomSpareSize),
+		wake: make(chan struct{}, 1), pending: map[string]handed{},
+	}
 }
 
 // spoolDirName keeps letters, digits, '-' and '_' of a channel name and
@@ -497,7 +508,9 @@ func parseSpoolName(name string) (dicomAssociation, error) {
 }
 
 // open creates the folder and queues the instances a previous run left,
-// oldest first. Temporary files of writes a crash interrupted are removed.
+// oldest first. Spare files are kept for reuse; other hidden files are
+// temporary files of writes a crash interrupted (earlier versions wrote
+// through them) and are removed.
 func (sp *dicomSpool) open() (int, error) {
 	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
 		return 0, err
@@ -513,9 +526,11 @@ func (sp *dicomSpool) open() (int, error) {
 		switch {
 		case e.IsDir():
 		case strings.HasPrefix(name, "."):
-			// A temporary file of a write that never finished (atomicfile
-			// names them hidden): its C-STORE was never answered Success.
-			os.Remove(filepath.Join(sp.dir, name))
+			// A spare, or the temporary file of a write whose C-STORE was
+			// never answered Success.
+			if !sp.recycler.Adopt(name) {
+				os.Remove(filepath.Join(sp.dir, name))
+			}
 		case strings.HasSuffix(name, dicomFileExt) && len(sp.todo) < maxSpooled:
 			sp.todo = append(sp.todo, name)
 		}
@@ -539,14 +554,14 @@ func (sp *dicomSpool) store(req assoc.StoreRequest, data io.Reader) (string, err
 	name := spoolName(sp.lastSeq, req.CallingAE, req.CalledAE)
 	sp.mu.Unlock()
 
-	err := dicom.WriteFileAtomic(filepath.Join(sp.dir, name), func(w io.Writer) error {
+	err := sp.recycler.Create(name, dicom.Buffered(func(w io.Writer) error {
 		if err := dicom.WritePart10Header(w, req.SOPClass, req.SOPInstance, req.TransferSyntax,
 			dicom.ImplementationClassUID, dicom.ImplementationVersionName, req.CallingAE); err != nil {
 			return err
 		}
 		_, err := io.Copy(w, data)
 		return err
-	})
+	}))
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	if err != nil {
@@ -638,7 +653,7 @@ func (sp *dicomSpool) answered(callback string) (string, bool) {
 	}
 	sp.mu.Unlock()
 	if ok {
-		os.Remove(filepath.Join(sp.dir, h.name))
+		sp.recycler.Recycle(h.name)
 	}
 	return h.name, ok
 }
@@ -660,7 +675,7 @@ func (sp *dicomSpool) expire(now time.Time, live bool) []string {
 	}
 	sp.mu.Unlock()
 	for _, name := range gone {
-		os.Remove(filepath.Join(sp.dir, name))
+		sp.recycler.Recycle(name)
 	}
 	return gone
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/medplum-agent/medplum-agent/pkg/atomicfile"
 	"github.com/medplum-agent/medplum-agent/pkg/dicom"
 	"github.com/medplum-agent/medplum-agent/pkg/dicom/assoc"
 	"github.com/medplum-agent/medplum-agent/pkg/dicom/dimse"
@@ -128,8 +129,8 @@ func (e *env) binary(ref string) []byte {
 	return b
 }
 
-// spooled lists the files of a channel's spool folder, and of its failed
-// folder.
+// spooled lists the files of a channel's spool folder but its spares, and
+// of its failed folder.
 func (e *env) spooled(channel string) (files, failed []string) {
 	e.t.Helper()
 	dir := filepath.Join(e.dataDir, dicomSpoolDir, spoolDirName(channel))
@@ -140,7 +141,7 @@ func (e *env) spooled(channel string) (files, failed []string) {
 		}
 		var out []string
 		for _, en := range entries {
-			if !en.IsDir() {
+			if !en.IsDir() && !atomicfile.IsSpare(en.Name()) {
 				out = append(out, en.Name())
 			}
 		}
