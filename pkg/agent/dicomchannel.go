@@ -375,22 +375,25 @@ func (ch *dicomChannel) forward(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer f.Close() // if the upload did not
 	st, err := f.Stat()
 	if err != nil {
 		return err
 	}
-	// A SectionReader, because the HTTP client closes a request body that
-	// is a Closer and the file is read again for the JSON.
+	// The JSON first: the upload sends the file itself, from the kernel's
+	// cache without a copy through the agent, and closes it.
+	ds, jsonErr := dicomJSON(f)
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
 	uctx, cancel := context.WithTimeout(ctx, uploadTimeout(st.Size()))
-	id, err := ch.a.fhir.CreateBinary(uctx, protocol.ContentTypeDICOM, io.NewSectionReader(f, 0, st.Size()))
+	id, err := ch.a.fhir.CreateBinary(uctx, protocol.ContentTypeDICOM, f, st.Size())
 	cancel()
 	if err != nil {
 		return err
 	}
-	ds, err := dicomJSON(f)
-	if err != nil {
-		ch.log.Warn("DICOM dataset only partly decoded; the transmit has the elements before the fault", "file", name, "err", err)
+	if jsonErr != nil {
+		ch.log.Warn("DICOM dataset only partly decoded; the transmit has the elements before the fault", "file", name, "err", jsonErr)
 	}
 	body, err := json.Marshal(dicomTransmit{
 		Association: as,
