@@ -286,6 +286,33 @@ func (d *dataReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo lets io.Copy hand w the fragments straight from the PDU buffer,
+// as the dataset stream is an io.WriterTo, rather than through a copy
+// buffer; w's failures stay storage errors.
+func (d *dataReader) WriteTo(w io.Writer) (int64, error) {
+	sw := &sinkWriter{w: w}
+	n, err := io.Copy(sw, d.r)
+	d.n += n
+	if err != nil && sw.err == nil {
+		err = transferError{err}
+	}
+	return n, err
+}
+
+// sinkWriter remembers the failure of its writer.
+type sinkWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (s *sinkWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil {
+		s.err = err
+	}
+	return n, err
+}
+
 // work uploads and transmits spooled instances until ctx ends.
 func (ch *dicomChannel) work(ctx context.Context) {
 	bo := auth.Backoff{Base: time.Second, Max: time.Minute, Factor: 2, Jitter: 0.2}

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -462,6 +463,51 @@ func TestParseDICOMParams(t *testing.T) {
 		})
 	}
 }
+
+// dataReader tells a dataset that stopped arriving from one that could not
+// be stored, whether it is read or written out.
+func TestDataReaderErrors(t *testing.T) {
+	full := errors.New("disk full")
+	tests := []struct {
+		name     string
+		cut      bool // the stream fails after "dataset"
+		sinkFail bool
+		transfer bool // a transferError is expected
+		storage  bool // the sink's error is expected
+	}{
+		{name: "complete"},
+		{name: "cut off", cut: true, transfer: true},
+		{name: "not stored", sinkFail: true, storage: true},
+	}
+	for _, tt := range tests {
+		for _, via := range []string{"Read", "WriteTo"} {
+			t.Run(tt.name+" via "+via, func(t *testing.T) {
+				d := &dataReader{r: strings.NewReader("dataset")}
+				if tt.cut {
+					d.r = io.MultiReader(d.r, iotest.ErrReader(io.ErrUnexpectedEOF))
+				}
+				var sink io.Writer = &bytes.Buffer{}
+				if tt.sinkFail {
+					sink = failingWriter{full}
+				}
+				var err error
+				if via == "Read" {
+					_, err = io.Copy(sink, struct{ io.Reader }{d})
+				} else {
+					_, err = d.WriteTo(sink)
+				}
+				var te transferError
+				if errors.As(err, &te) != tt.transfer || errors.Is(err, full) != tt.storage || err == nil && d.n != 7 {
+					t.Errorf("err %v, %d bytes counted; want transfer error %v, storage error %v", err, d.n, tt.transfer, tt.storage)
+				}
+			})
+		}
+	}
+}
+
+type failingWriter struct{ err error }
+
+func (f failingWriter) Write([]byte) (int, error) { return 0, f.err }
 
 func TestSpoolNames(t *testing.T) {
 	for _, tc := range []struct{ channel, dir string }{
