@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/medplum-agent/medplum-agent/pkg/atomicfile"
 	"github.com/medplum-agent/medplum-agent/pkg/dicom"
+	"github.com/medplum-agent/medplum-agent/pkg/spoolfile"
 )
 
 // The dicom:// channel of `run`, driven by dcmtk: the scenarios of
@@ -162,7 +162,7 @@ func spoolFiles(t *testing.T, dataDir, channel string) []string {
 	}
 	var out []string
 	for _, e := range entries {
-		if !e.IsDir() && !atomicfile.IsSpare(e.Name()) {
+		if !e.IsDir() && !spoolfile.IsSpare(e.Name()) {
 			out = append(out, e.Name())
 		}
 	}
