@@ -24,17 +24,19 @@ import (
 	"github.com/medplum-agent/medplum-agent/pkg/dicom/pdu"
 	"github.com/medplum-agent/medplum-agent/pkg/fhir"
 	"github.com/medplum-agent/medplum-agent/pkg/protocol"
+	"github.com/medplum-agent/medplum-agent/pkg/spoolfile"
 )
 
 // The dicom:// channel is a Verification and Storage SCP. Each C-STORE is
-// streamed into a Part-10 file in the channel's spool directory, synced,
-// and only then answered Success. Workers then upload each spooled file as
-// a FHIR Binary and send agent:transmit:request with the DICOM JSON of the
-// instance (as the reference does), off the association, so that a slow
-// or absent server never holds up the modality. A spool file is deleted
-// once the server has answered its transmit; files left by a stop or a
-// crash are sent again at the next start. Nothing acknowledged is lost;
-// an instance may reach the server twice.
+// streamed into a spool file in the channel's folder (a checksummed
+// header, see spoolfile, then the Part-10 instance), synced, and only then
+// answered Success. Workers then upload each spooled instance as a FHIR
+// Binary and send agent:transmit:request with its DICOM JSON (as the
+// reference does), off the association, so that a slow or absent server
+// never holds up the modality. A spool file goes once the server has
+// answered its transmit, its file kept to write a later instance into;
+// files left by a stop or a crash are sent again at the next start.
+// Nothing acknowledged is lost; an instance may reach the server twice.
 //
 // With the durable queue the same steps map onto it: the spool write is
 // PutBlob + Intake, forward's upload and JSON are the Prepare hook, and
@@ -60,10 +62,18 @@ const (
 	dicomSweepEvery = 5 * time.Second
 	// dicomLiveCheck paces the wait for the link before an upload.
 	dicomLiveCheck = time.Second
+	// A channel keeps up to dicomSpares forwarded files of at most
+	// dicomSpareSize bytes to write the next instances into, sparing a file
+	// creation and deletion per instance (see spoolfile).
+	dicomSpares    = 16
+	dicomSpareSize = 4 << 20
 
 	dicomSpoolDir  = "dicom-spool" // in the data dir, one folder per channel
 	dicomFailedDir = "failed"      // in a channel's folder: refused by the server
-	dicomFileExt   = ".dcm"
+	dicomSpoolExt  = ".spool"      // a spoolfile: a header, then the instance
+	// dicomFileExt marks Part-10 files: in the failed folder, and in the
+	// spool as earlier versions left them.
+	dicomFileExt = ".dcm"
 )
 
 var (
@@ -279,6 +289,33 @@ func (d *dataReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo lets io.Copy hand w the fragments straight from the PDU buffer,
+// as the dataset stream is an io.WriterTo, rather than through a copy
+// buffer; w's failures stay storage errors.
+func (d *dataReader) WriteTo(w io.Writer) (int64, error) {
+	sw := &sinkWriter{w: w}
+	n, err := io.Copy(sw, d.r)
+	d.n += n
+	if err != nil && sw.err == nil {
+		err = transferError{err}
+	}
+	return n, err
+}
+
+// sinkWriter remembers the failure of its writer.
+type sinkWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (s *sinkWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil {
+		s.err = err
+	}
+	return n, err
+}
+
 // work uploads and transmits spooled instances until ctx ends.
 func (ch *dicomChannel) work(ctx context.Context) {
 	bo := auth.Backoff{Base: time.Second, Max: time.Minute, Factor: 2, Jitter: 0.2}
@@ -299,8 +336,14 @@ func (ch *dicomChannel) work(ctx context.Context) {
 			<-ctx.Done()
 			return
 		case errors.Is(err, fs.ErrNotExist):
-			ch.spool.forget()
+			ch.spool.forget(name)
 			ch.log.Warn("Spooled DICOM instance disappeared", "file", name)
+			continue
+		case errors.Is(err, spoolfile.ErrIncomplete):
+			// Cut short by a crash: its C-STORE was never answered Success.
+			ch.spool.forget(name)
+			ch.spool.drop(name)
+			ch.log.Warn("Removed a spool file a crash left incomplete", "file", name)
 			continue
 		case errors.Is(err, errBadSpoolName), errors.As(err, &fe) && refused(fe.Status):
 			ch.log.Error("DICOM instance refused; kept in the spool's failed folder", "file", name, "err", err)
@@ -354,7 +397,7 @@ type dicomAssociation struct {
 // forward uploads one spooled instance as a Binary and hands its transmit
 // to the link; the file stays until the server answers.
 func (ch *dicomChannel) forward(ctx context.Context, name string) error {
-	as, err := parseSpoolName(name)
+	sf, err := parseSpoolName(name)
 	if err != nil {
 		return err
 	}
@@ -364,29 +407,29 @@ func (ch *dicomChannel) forward(ctx context.Context, name string) error {
 			return context.Canceled
 		}
 	}
-	f, err := os.Open(filepath.Join(ch.spool.dir, name))
+	f, size, err := ch.spool.openFile(name, sf)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	st, err := f.Stat()
+	defer f.Close() // if the upload did not
+	start, err := f.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return err
 	}
-	// A SectionReader, because the HTTP client closes a request body that
-	// is a Closer and the file is read again for the JSON.
-	uctx, cancel := context.WithTimeout(ctx, uploadTimeout(st.Size()))
-	id, err := ch.a.fhir.CreateBinary(uctx, protocol.ContentTypeDICOM, io.NewSectionReader(f, 0, st.Size()))
+	// The JSON first: the upload sends the rest of the file itself, from
+	// the kernel's cache without a copy through the agent, and closes it.
+	ds, jsonErr := dicomJSON(io.NewSectionReader(f, start, size))
+	uctx, cancel := context.WithTimeout(ctx, uploadTimeout(size))
+	id, err := ch.a.fhir.CreateBinary(uctx, protocol.ContentTypeDICOM, f, size)
 	cancel()
 	if err != nil {
 		return err
 	}
-	ds, err := dicomJSON(f)
-	if err != nil {
-		ch.log.Warn("DICOM dataset only partly decoded; the transmit has the elements before the fault", "file", name, "err", err)
+	if jsonErr != nil {
+		ch.log.Warn("DICOM dataset only partly decoded; the transmit has the elements before the fault", "file", name, "err", jsonErr)
 	}
 	body, err := json.Marshal(dicomTransmit{
-		Association: as,
+		Association: sf.as,
 		Dataset:     ds,
 		Binary:      fhir.Reference{Reference: "Binary/" + id},
 	})
@@ -398,7 +441,7 @@ func (ch *dicomChannel) forward(ctx context.Context, name string) error {
 	err = ch.a.deliver(&protocol.Message{
 		Type:        protocol.TypeTransmitRequest,
 		Channel:     ch.name,
-		Remote:      as.CallingAETitle,
+		Remote:      sf.as.CallingAETitle,
 		ContentType: protocol.ContentTypeJSON,
 		Body:        string(body),
 		Callback:    cb,
@@ -407,8 +450,8 @@ func (ch *dicomChannel) forward(ctx context.Context, name string) error {
 		ch.spool.unhand(cb)
 		return fmt.Errorf("queueing the transmit: %w", err)
 	}
-	ch.log.Debug("DICOM instance forwarded", "remote", as.CallingAETitle, "binary", id)
-	ch.chLog.Info("Sent", "remote", as.CallingAETitle, "file", name, "binary", "Binary/"+id, "callback", cb)
+	ch.log.Debug("DICOM instance forwarded", "remote", sf.as.CallingAETitle, "binary", id)
+	ch.chLog.Info("Sent", "remote", sf.as.CallingAETitle, "file", name, "binary", "Binary/"+id, "callback", cb)
 	return nil
 }
 
@@ -435,10 +478,12 @@ func (ch *dicomChannel) sweep(ctx context.Context) {
 
 // dicomSpool is a channel's folder of received instances, and which of
 // them await upload or an answer. Files are named
-// <hex sequence>.<calling AE>.<called AE>.dcm (AEs in unpadded base64url),
-// so the association survives a restart without a second file.
+// <hex sequence>.<calling AE>.<called AE>.spool (AEs in unpadded
+// base64url), so the association survives a restart without a second
+// file; the sequence is the spoolfile id.
 type dicomSpool struct {
 	dir  string
+	disk *spoolfile.Dir
 	wake chan struct{} // signalled when todo grows
 
 	mu      sync.Mutex
@@ -446,6 +491,9 @@ type dicomSpool struct {
 	pending map[string]handed // by transmit callback
 	files   int               // in the folder, in any state
 	lastSeq int64
+	// unverified holds the spool files found at start: a crash may have cut
+	// them short, so they are read against their checksum before upload.
+	unverified map[string]bool
 }
 
 type handed struct {
@@ -454,7 +502,10 @@ type handed struct {
 }
 
 func newDICOMSpool(dir string) *dicomSpool {
-	return &dicomSpool{dir: dir, wake: make(chan struct{}, 1), pending: map[string]handed{}}
+	return &dicomSpool{
+		dir: dir, disk: spoolfile.New(dir, dicomSpares, dicomSpareSize),
+		wake: make(chan struct{}, 1), pending: map[string]handed{}, unverified: map[string]bool{},
+	}
 }
 
 // spoolDirName keeps letters, digits, '-' and '_' of a channel name and
@@ -472,32 +523,47 @@ func spoolDirName(channel string) string {
 	return b.String()
 }
 
-func spoolName(seq int64, calling, called string) string {
-	enc := base64.RawURLEncoding
-	return fmt.Sprintf("%016x.%s.%s%s", seq, enc.EncodeToString([]byte(calling)), enc.EncodeToString([]byte(called)), dicomFileExt)
+// spoolFile is what a spool file's name tells.
+type spoolFile struct {
+	seq  int64
+	as   dicomAssociation
+	part bool // a plain Part-10 file (dicomFileExt), not a spoolfile
 }
 
-func parseSpoolName(name string) (dicomAssociation, error) {
-	var as dicomAssociation
-	parts := strings.Split(strings.TrimSuffix(name, dicomFileExt), ".")
-	if len(parts) != 3 || len(parts[0]) != 16 || !strings.HasSuffix(name, dicomFileExt) {
-		return as, fmt.Errorf("%w: %s", errBadSpoolName, name)
+func spoolName(seq int64, calling, called, ext string) string {
+	enc := base64.RawURLEncoding
+	return fmt.Sprintf("%016x.%s.%s%s", seq, enc.EncodeToString([]byte(calling)), enc.EncodeToString([]byte(called)), ext)
+}
+
+func parseSpoolName(name string) (spoolFile, error) {
+	var sf spoolFile
+	base, ok := strings.CutSuffix(name, dicomSpoolExt)
+	if !ok {
+		base, sf.part = strings.CutSuffix(name, dicomFileExt)
 	}
-	if _, err := strconv.ParseUint(parts[0], 16, 64); err != nil {
-		return as, fmt.Errorf("%w: %s", errBadSpoolName, name)
+	parts := strings.Split(base, ".")
+	if !ok && !sf.part || len(parts) != 3 || len(parts[0]) != 16 {
+		return sf, fmt.Errorf("%w: %s", errBadSpoolName, name)
 	}
-	for i, dst := range []*string{&as.CallingAETitle, &as.CalledAETitle} {
+	seq, err := strconv.ParseUint(parts[0], 16, 63)
+	if err != nil {
+		return sf, fmt.Errorf("%w: %s", errBadSpoolName, name)
+	}
+	sf.seq = int64(seq)
+	for i, dst := range []*string{&sf.as.CallingAETitle, &sf.as.CalledAETitle} {
 		b, err := base64.RawURLEncoding.DecodeString(parts[i+1])
 		if err != nil || !dicom.ValidAETitle(string(b)) {
-			return as, fmt.Errorf("%w: %s", errBadSpoolName, name)
+			return sf, fmt.Errorf("%w: %s", errBadSpoolName, name)
 		}
 		*dst = string(b)
 	}
-	return as, nil
+	return sf, nil
 }
 
 // open creates the folder and queues the instances a previous run left,
-// oldest first. Temporary files of writes a crash interrupted are removed.
+// oldest first. Spares are kept for reuse; other hidden files are
+// temporary files of writes a crash interrupted (earlier versions wrote
+// through them) and are removed.
 func (sp *dicomSpool) open() (int, error) {
 	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
 		return 0, err
@@ -513,10 +579,14 @@ func (sp *dicomSpool) open() (int, error) {
 		switch {
 		case e.IsDir():
 		case strings.HasPrefix(name, "."):
-			// A temporary file of a write that never finished (atomicfile
-			// names them hidden): its C-STORE was never answered Success.
-			os.Remove(filepath.Join(sp.dir, name))
-		case strings.HasSuffix(name, dicomFileExt) && len(sp.todo) < maxSpooled:
+			if !sp.disk.Adopt(name) {
+				os.Remove(filepath.Join(sp.dir, name))
+			}
+		case len(sp.todo) >= maxSpooled:
+		case strings.HasSuffix(name, dicomSpoolExt):
+			sp.unverified[name] = true
+			sp.todo = append(sp.todo, name)
+		case strings.HasSuffix(name, dicomFileExt):
 			sp.todo = append(sp.todo, name)
 		}
 	}
@@ -536,17 +606,18 @@ func (sp *dicomSpool) store(req assoc.StoreRequest, data io.Reader) (string, err
 	}
 	sp.files++
 	sp.lastSeq = max(time.Now().UnixNano(), sp.lastSeq+1)
-	name := spoolName(sp.lastSeq, req.CallingAE, req.CalledAE)
+	seq := sp.lastSeq
+	name := spoolName(seq, req.CallingAE, req.CalledAE, dicomSpoolExt)
 	sp.mu.Unlock()
 
-	err := dicom.WriteFileAtomic(filepath.Join(sp.dir, name), func(w io.Writer) error {
+	err := sp.disk.Create(name, uint64(seq), dicom.Buffered(func(w io.Writer) error {
 		if err := dicom.WritePart10Header(w, req.SOPClass, req.SOPInstance, req.TransferSyntax,
 			dicom.ImplementationClassUID, dicom.ImplementationVersionName, req.CallingAE); err != nil {
 			return err
 		}
 		_, err := io.Copy(w, data)
 		return err
-	})
+	}))
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	if err != nil {
@@ -597,23 +668,73 @@ func (sp *dicomSpool) retry(name string) {
 	sp.todo = append([]string{name}, sp.todo...)
 }
 
+// openFile opens a spooled file, positioned at its Part-10 content, and
+// returns it with the content's length.
+func (sp *dicomSpool) openFile(name string, sf spoolFile) (*os.File, int64, error) {
+	path := filepath.Join(sp.dir, name)
+	if sf.part {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, 0, err
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, 0, err
+		}
+		return f, st.Size(), nil
+	}
+	sp.mu.Lock()
+	verify := sp.unverified[name]
+	sp.mu.Unlock()
+	f, n, err := spoolfile.Open(path, uint64(sf.seq), verify)
+	if err == nil && verify {
+		sp.mu.Lock()
+		delete(sp.unverified, name)
+		sp.mu.Unlock()
+	}
+	return f, n, err
+}
+
 // forget counts out a file that is no longer in the folder.
-func (sp *dicomSpool) forget() {
+func (sp *dicomSpool) forget(name string) {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	sp.files--
+	delete(sp.unverified, name)
 }
 
-// fail moves a file the server refused out of the queue, for an operator.
+// drop removes a file that is done with, or was never complete.
+func (sp *dicomSpool) drop(name string) {
+	sp.mu.Lock()
+	delete(sp.unverified, name)
+	sp.mu.Unlock()
+	// Part-10 files are not checked at start, so a crash must not bring
+	// one back with another instance's bytes: no reuse.
+	if sf, err := parseSpoolName(name); err == nil && sf.part {
+		os.Remove(filepath.Join(sp.dir, name))
+		return
+	}
+	sp.disk.Recycle(name)
+}
+
+// fail moves a file the server refused out of the queue, as a Part-10
+// file for an operator.
 func (sp *dicomSpool) fail(name string) error {
 	sp.mu.Lock()
 	sp.files--
+	delete(sp.unverified, name)
 	sp.mu.Unlock()
 	dir := filepath.Join(sp.dir, dicomFailedDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	return os.Rename(filepath.Join(sp.dir, name), filepath.Join(dir, name))
+	path := filepath.Join(sp.dir, name)
+	sf, err := parseSpoolName(name)
+	if err != nil || sf.part {
+		return os.Rename(path, filepath.Join(dir, name))
+	}
+	return spoolfile.Export(path, filepath.Join(dir, spoolName(sf.seq, sf.as.CallingAETitle, sf.as.CalledAETitle, dicomFileExt)), uint64(sf.seq))
 }
 
 func (sp *dicomSpool) hand(callback, name string) {
@@ -638,7 +759,7 @@ func (sp *dicomSpool) answered(callback string) (string, bool) {
 	}
 	sp.mu.Unlock()
 	if ok {
-		os.Remove(filepath.Join(sp.dir, h.name))
+		sp.drop(h.name)
 	}
 	return h.name, ok
 }
@@ -660,7 +781,7 @@ func (sp *dicomSpool) expire(now time.Time, live bool) []string {
 	}
 	sp.mu.Unlock()
 	for _, name := range gone {
-		os.Remove(filepath.Join(sp.dir, name))
+		sp.drop(name)
 	}
 	return gone
 }

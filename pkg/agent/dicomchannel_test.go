@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/medplum-agent/medplum-agent/pkg/dicom/pdu"
 	"github.com/medplum-agent/medplum-agent/pkg/fhir"
 	"github.com/medplum-agent/medplum-agent/pkg/protocol"
+	"github.com/medplum-agent/medplum-agent/pkg/spoolfile"
 )
 
 func dicomAddr(port int, query string) string {
@@ -128,8 +130,8 @@ func (e *env) binary(ref string) []byte {
 	return b
 }
 
-// spooled lists the files of a channel's spool folder, and of its failed
-// folder.
+// spooled lists the files of a channel's spool folder but its spares, and
+// of its failed folder.
 func (e *env) spooled(channel string) (files, failed []string) {
 	e.t.Helper()
 	dir := filepath.Join(e.dataDir, dicomSpoolDir, spoolDirName(channel))
@@ -140,7 +142,7 @@ func (e *env) spooled(channel string) (files, failed []string) {
 		}
 		var out []string
 		for _, en := range entries {
-			if !en.IsDir() {
+			if !en.IsDir() && !spoolfile.IsSpare(en.Name()) {
 				out = append(out, en.Name())
 			}
 		}
@@ -307,7 +309,9 @@ func TestDICOMServerAnswerSettlesSpool(t *testing.T) {
 }
 
 // Instances a previous run acknowledged but did not forward are sent at
-// start; a write a crash interrupted leaves nothing behind.
+// start, in spool files or in the Part-10 files of earlier versions; what a
+// crash interrupted (a spool file not matching its trailer, a temporary
+// file of an earlier version) is removed, and spares are kept.
 func TestDICOMSpoolResentAtStart(t *testing.T) {
 	port := freePort(t)
 	e := newEnv(t, ch{name: "pacs", address: dicomAddr(port, "")})
@@ -316,25 +320,84 @@ func TestDICOMSpoolResentAtStart(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	in := newInstance("1.2.3.6.1", "Left^Over")
-	file := part10File(t, dicom.ExplicitVRLittleEndian, in.data)
-	if err := os.WriteFile(filepath.Join(dir, spoolName(1, "CT1", "ANY-SCP")), file, 0o600); err != nil {
+	files := spoolfile.New(dir, 1, 1<<20)
+	spooled := func(seq int64, file []byte, damage func(path string) error) string {
+		name := spoolName(seq, "CT1", "ANY-SCP", dicomSpoolExt)
+		if err := files.Create(name, uint64(seq), func(w io.Writer) error {
+			_, err := w.Write(file)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if damage != nil {
+			if err := damage(filepath.Join(dir, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return name
+	}
+	part10 := func(uid string) []byte {
+		return part10File(t, dicom.ExplicitVRLittleEndian, newInstance(uid, "Left^Over").data)
+	}
+	sent := map[string][]byte{"1.2.3.6.1": part10("1.2.3.6.1"), "1.2.3.6.2": part10("1.2.3.6.2")}
+	if err := os.WriteFile(filepath.Join(dir, spoolName(1, "CT1", "ANY-SCP", dicomFileExt)), sent["1.2.3.6.1"], 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, ".x.dcm.123.part"), file[:100], 0o600); err != nil {
+	spooled(2, sent["1.2.3.6.2"], nil)
+	spooled(3, part10("1.2.3.6.3"), func(path string) error { // cut short
+		st, err := os.Stat(path)
+		if err != nil {
+			return err
+		}
+		return os.Truncate(path, st.Size()-100)
+	})
+	spooled(4, part10("1.2.3.6.4"), func(path string) error { // a page never written
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		_, err = f.WriteAt(make([]byte, 64), 200)
+		return errors.Join(err, f.Close())
+	})
+	if err := files.Recycle(spooled(5, part10("1.2.3.6.5"), nil)); err != nil {
+		t.Fatal(err)
+	}
+	spares, err := filepath.Glob(filepath.Join(dir, ".spare-*"))
+	if err != nil || len(spares) != 1 {
+		t.Fatalf("spares %v, %v", spares, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ".x.dcm.123.part"), []byte("partial"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	e.start()
 
-	m := tr.wait(t, 1)[0]
-	body := decodeTransmit(t, m)
-	if m.Remote != "CT1" || body.Association.CalledAETitle != "ANY-SCP" || body.uidOf(t) != in.uid {
-		t.Errorf("transmit %+v %+v", m, body.Association)
-	}
-	if !bytes.Equal(e.binary(body.Binary.Reference), file) {
-		t.Error("Binary differs from the spooled file")
+	for _, m := range tr.wait(t, len(sent)) {
+		body := decodeTransmit(t, m)
+		want, ok := sent[body.uidOf(t)]
+		if !ok || m.Remote != "CT1" || body.Association.CalledAETitle != "ANY-SCP" {
+			t.Errorf("transmit %+v %+v", m, body.Association)
+		}
+		if !bytes.Equal(e.binary(body.Binary.Reference), want) {
+			t.Errorf("Binary of %s differs from the spooled instance", body.uidOf(t))
+		}
 	}
 	e.waitSpoolEmpty("pacs")
+	e.waitMainLog("Removed a spool file a crash left incomplete")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, en := range entries {
+		if !spoolfile.IsSpare(en.Name()) {
+			t.Errorf("%s left in the spool", en.Name())
+		}
+	}
+	if _, err := os.Stat(spares[0]); err != nil {
+		t.Errorf("the spare found at start is gone: %v", err)
+	}
+	if got := tr.wait(t, 0); len(got) != len(sent) {
+		t.Errorf("%d transmits, want %d", len(got), len(sent))
+	}
 }
 
 // failingBinaries answers Binary uploads itself: 503 for the first one,
@@ -387,8 +450,19 @@ func TestDICOMUploadRetriedOrRefused(t *testing.T) {
 		return len(files) == 0 && len(failed) == 1
 	})
 	_, failed := e.spooled("pacs")
-	if as, err := parseSpoolName(failed[0]); err != nil || as.CallingAETitle != "CT1" {
-		t.Errorf("failed file %q: %+v %v", failed[0], as, err)
+	if sf, err := parseSpoolName(failed[0]); err != nil || !sf.part || sf.as.CallingAETitle != "CT1" {
+		t.Errorf("failed file %q: %+v %v", failed[0], sf, err)
+	}
+	// A plain Part-10 file, without the spool trailer.
+	f, err := os.Open(filepath.Join(e.dataDir, dicomSpoolDir, "pacs", dicomFailedDir, failed[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if meta, data, err := dicom.ReadPart10Header(f); err != nil || meta.SOPInstance != bad.uid {
+		t.Errorf("failed file: %+v %v", meta, err)
+	} else if b, _ := io.ReadAll(data); !bytes.Equal(b, bad.data) {
+		t.Error("failed file: the dataset differs from the one sent")
 	}
 	e.waitMainLog("DICOM instance refused")
 }
@@ -462,6 +536,51 @@ func TestParseDICOMParams(t *testing.T) {
 	}
 }
 
+// dataReader tells a dataset that stopped arriving from one that could not
+// be stored, whether it is read or written out.
+func TestDataReaderErrors(t *testing.T) {
+	full := errors.New("disk full")
+	tests := []struct {
+		name     string
+		cut      bool // the stream fails after "dataset"
+		sinkFail bool
+		transfer bool // a transferError is expected
+		storage  bool // the sink's error is expected
+	}{
+		{name: "complete"},
+		{name: "cut off", cut: true, transfer: true},
+		{name: "not stored", sinkFail: true, storage: true},
+	}
+	for _, tt := range tests {
+		for _, via := range []string{"Read", "WriteTo"} {
+			t.Run(tt.name+" via "+via, func(t *testing.T) {
+				d := &dataReader{r: strings.NewReader("dataset")}
+				if tt.cut {
+					d.r = io.MultiReader(d.r, iotest.ErrReader(io.ErrUnexpectedEOF))
+				}
+				var sink io.Writer = &bytes.Buffer{}
+				if tt.sinkFail {
+					sink = failingWriter{full}
+				}
+				var err error
+				if via == "Read" {
+					_, err = io.Copy(sink, struct{ io.Reader }{d})
+				} else {
+					_, err = d.WriteTo(sink)
+				}
+				var te transferError
+				if errors.As(err, &te) != tt.transfer || errors.Is(err, full) != tt.storage || err == nil && d.n != 7 {
+					t.Errorf("err %v, %d bytes counted; want transfer error %v, storage error %v", err, d.n, tt.transfer, tt.storage)
+				}
+			})
+		}
+	}
+}
+
+type failingWriter struct{ err error }
+
+func (f failingWriter) Write([]byte) (int, error) { return 0, f.err }
+
 func TestSpoolNames(t *testing.T) {
 	for _, tc := range []struct{ channel, dir string }{
 		{"dicom", "dicom"}, {"CT-1_a", "CT-1_a"}, {"a/b c", "a%2Fb%20c"}, {"..", "%2E%2E"}, {"é", "%C3%A9"},
@@ -470,11 +589,14 @@ func TestSpoolNames(t *testing.T) {
 			t.Errorf("spoolDirName(%q) = %q, want %q", tc.channel, got, tc.dir)
 		}
 	}
-	name := spoolName(0x1234, "CT 1/A", "ANY-SCP")
-	if as, err := parseSpoolName(name); err != nil || as != (dicomAssociation{CallingAETitle: "CT 1/A", CalledAETitle: "ANY-SCP"}) {
-		t.Errorf("parseSpoolName(%q) = %+v, %v", name, as, err)
+	as := dicomAssociation{CallingAETitle: "CT 1/A", CalledAETitle: "ANY-SCP"}
+	for _, ext := range []string{dicomSpoolExt, dicomFileExt} {
+		name := spoolName(0x1234, as.CallingAETitle, as.CalledAETitle, ext)
+		if sf, err := parseSpoolName(name); err != nil || sf != (spoolFile{seq: 0x1234, as: as, part: ext == dicomFileExt}) {
+			t.Errorf("parseSpoolName(%q) = %+v, %v", name, sf, err)
+		}
 	}
-	for _, bad := range []string{"x.dcm", "0000000000001234.Q1Q.QU5Z.txt", "0000000000001234.!!.QU5Z.dcm", "000000000000123z.Q1Q.QU5Z.dcm"} {
+	for _, bad := range []string{"x.dcm", "0000000000001234.Q1Q.QU5Z.txt", "0000000000001234.!!.QU5Z.dcm", "000000000000123z.Q1Q.QU5Z.spool", "8000000000001234.Q1Q.QU5Z.spool"} {
 		if _, err := parseSpoolName(bad); !errors.Is(err, errBadSpoolName) {
 			t.Errorf("parseSpoolName(%q) = %v", bad, err)
 		}

@@ -125,7 +125,7 @@ func readResource(w http.ResponseWriter, r *http.Request, typ string) (res map[s
 	if typ == "Binary" {
 		limit = maxBinarySize
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	body, err := readBody(w, r, limit)
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
 			return nil, nil, http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", limit)
@@ -153,6 +153,21 @@ func readResource(w http.ResponseWriter, r *http.Request, typ string) (res map[s
 		return nil, nil, http.StatusBadRequest, err
 	}
 	return res, data, 0, nil
+}
+
+// readBody reads a request body of at most limit bytes, into one buffer of
+// the declared length when there is one: io.ReadAll grows its buffer step
+// by step, which for a DICOM instance costs more than the upload itself.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, limit)
+	if n := r.ContentLength; n > 0 && n <= limit {
+		b := make([]byte, n)
+		if _, err := io.ReadFull(body, b); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	return io.ReadAll(body)
 }
 
 // binaryData moves a Binary's base64 data out of the resource: the store

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -202,6 +203,32 @@ func TestBinary(t *testing.T) {
 	r = mustDo(t, s, http.MethodGet, "fhir/R4/Binary/"+id, tok, "", nil)
 	if string(r.body) != "hello" || !strings.HasPrefix(r.header.Get("Content-Type"), "text/plain") {
 		t.Errorf("raw read: %q %q", r.header.Get("Content-Type"), r.body)
+	}
+}
+
+func TestReadBody(t *testing.T) {
+	tests := []struct {
+		name     string
+		body     string
+		declared int64 // Content-Length; -1 for none
+		want     string
+		wantErr  bool
+	}{
+		{"declared", "hello", 5, "hello", false},
+		{"chunked", "hello", -1, "hello", false},
+		{"declared over the limit", "hello world", 11, "", true},
+		{"chunked over the limit", "hello world", -1, "", true},
+		{"shorter than declared", "hello", 8, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodPost, "/fhir/R4/Binary", strings.NewReader(tt.body))
+			r.ContentLength = tt.declared
+			got, err := readBody(httptest.NewRecorder(), r, 8)
+			if (err != nil) != tt.wantErr || err == nil && string(got) != tt.want {
+				t.Errorf("readBody = %q, %v; want %q, error %v", got, err, tt.want, tt.wantErr)
+			}
+		})
 	}
 }
 

@@ -107,7 +107,7 @@ func readParams(w http.ResponseWriter, r *http.Request) (opParams, url.Values, e
 			search[k] = vs
 		}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxResourceSize))
+	body, err := readBody(w, r, maxResourceSize)
 	if err != nil {
 		return nil, nil, fmt.Errorf("cannot read body: %w", err)
 	}

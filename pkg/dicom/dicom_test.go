@@ -211,28 +211,38 @@ func TestReadPart10Header(t *testing.T) {
 	})
 }
 
-func TestWriteFileAtomic(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "a.dcm")
-	if err := WriteFileAtomic(path, func(w io.Writer) error {
-		_, err := w.Write([]byte("hello"))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if b, _ := os.ReadFile(path); string(b) != "hello" {
-		t.Errorf("content %q", b)
-	}
+func TestBuffered(t *testing.T) {
 	boom := errors.New("peer went away")
-	if err := WriteFileAtomic(filepath.Join(dir, "b.dcm"), func(w io.Writer) error {
-		w.Write(make([]byte, 1<<20))
-		return boom
-	}); !errors.Is(err, boom) {
-		t.Errorf("err = %v, want the fill error", err)
+	tests := []struct {
+		name    string
+		fill    func(w io.Writer) error
+		want    string // reaching the writer
+		wantErr error
+	}{
+		{"flushed at the end", func(w io.Writer) error {
+			w.Write([]byte("hel"))
+			_, err := w.Write([]byte("lo"))
+			return err
+		}, "hello", nil},
+		{"larger than the buffer", func(w io.Writer) error {
+			_, err := w.Write(bytes.Repeat([]byte("x"), 300<<10))
+			return err
+		}, strings.Repeat("x", 300<<10), nil},
+		{"not flushed after an error", func(w io.Writer) error {
+			w.Write([]byte("partial"))
+			return boom
+		}, "", boom},
 	}
-	entries, _ := os.ReadDir(dir)
-	if len(entries) != 1 || entries[0].Name() != "a.dcm" {
-		t.Errorf("directory holds %v, want only a.dcm (no partial or temp file)", entries)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got bytes.Buffer
+			if err := Buffered(tt.fill)(&got); !errors.Is(err, tt.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if got.String() != tt.want {
+				t.Errorf("wrote %d bytes, want %d", got.Len(), len(tt.want))
+			}
+		})
 	}
 }
 

@@ -8,8 +8,6 @@ import (
 	"io"
 	"strings"
 	"sync"
-
-	"github.com/medplum-agent/medplum-agent/pkg/atomicfile"
 )
 
 // FileMeta is the File Meta Information (group 0002) of a Part-10 file.
@@ -220,17 +218,14 @@ func parseMeta(b []byte, m *FileMeta) error {
 
 var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 256<<10) }}
 
-// WriteFileAtomic creates path with the bytes fill writes, durably: the data
-// goes to a temporary file in the same directory, is fsynced, renamed over
-// path, and the directory is fsynced. On any error the temporary file is
-// removed, so readers of the directory never see a partial file.
-func WriteFileAtomic(path string, fill func(w io.Writer) error) error {
-	return atomicfile.Write(path, 0o600, func(f io.Writer) error {
-		// Fragments arrive in PDU-sized pieces; fewer, larger writes are
-		// measurably cheaper. Pooled, as one instance is written after
-		// another.
+// Buffered returns fill writing through a pooled 256 KiB buffer, flushed
+// when fill succeeds: a dataset arrives in PDU-sized fragments, and fewer,
+// larger writes to a file are measurably cheaper. Pooled, as one instance
+// is written after another.
+func Buffered(fill func(w io.Writer) error) func(w io.Writer) error {
+	return func(w io.Writer) error {
 		bw := writers.Get().(*bufio.Writer)
-		bw.Reset(f)
+		bw.Reset(w)
 		err := fill(bw)
 		if err == nil {
 			err = bw.Flush()
@@ -238,5 +233,5 @@ func WriteFileAtomic(path string, fill func(w io.Writer) error) error {
 		bw.Reset(nil)
 		writers.Put(bw)
 		return err
-	})
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/medplum-agent/medplum-agent/pkg/dicom"
+	"github.com/medplum-agent/medplum-agent/pkg/spoolfile"
 )
 
 // The dicom:// channel of `run`, driven by dcmtk: the scenarios of
@@ -152,7 +153,7 @@ func dumpDataSet(t *testing.T, path string) string {
 }
 
 // spoolFiles lists everything in a channel's spool folder, temporary files
-// included.
+// included, but the spares the agent keeps to write instances into.
 func spoolFiles(t *testing.T, dataDir, channel string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(filepath.Join(dataDir, "dicom-spool", channel))
@@ -161,7 +162,7 @@ func spoolFiles(t *testing.T, dataDir, channel string) []string {
 	}
 	var out []string
 	for _, e := range entries {
-		if !e.IsDir() {
+		if !e.IsDir() && !spoolfile.IsSpare(e.Name()) {
 			out = append(out, e.Name())
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -17,6 +19,7 @@ import (
 // recorded is what the fake server saw of one request.
 type recorded struct {
 	Method, Path, Query, Auth, CacheControl, ContentType, Body string
+	Length                                                     int64 // -1: chunked
 }
 
 func newTestClient(t *testing.T, status int, respBody string) (*Client, *[]recorded) {
@@ -27,6 +30,7 @@ func newTestClient(t *testing.T, status int, respBody string) (*Client, *[]recor
 		seen = append(seen, recorded{
 			Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Auth: r.Header.Get("Authorization"),
 			CacheControl: r.Header.Get("Cache-Control"), ContentType: r.Header.Get("Content-Type"), Body: string(b),
+			Length: r.ContentLength,
 		})
 		w.WriteHeader(status)
 		io.WriteString(w, respBody)
@@ -70,17 +74,28 @@ func TestClientReads(t *testing.T) {
 func TestClientWrites(t *testing.T) {
 	c, seen := newTestClient(t, 201, `{"resourceType":"Binary","id":"bin1"}`)
 	ctx := context.Background()
-	id, err := c.CreateBinary(ctx, "application/dicom", strings.NewReader("DICM"))
+	path := filepath.Join(t.TempDir(), "a.dcm")
+	if err := os.WriteFile(path, []byte("DICM"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := c.CreateBinary(ctx, "application/dicom", f, 4)
 	if err != nil || id != "bin1" {
 		t.Fatalf("CreateBinary = %q, %v", id, err)
+	}
+	if err := f.Close(); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("the uploaded file was not closed (%v)", err)
 	}
 	var out map[string]any
 	if err := c.Create(ctx, "Device", map[string]string{"resourceType": "Device"}, &out); err != nil {
 		t.Fatal(err)
 	}
 	want := []recorded{
-		{Method: "POST", Path: "/fhir/R4/Binary", Auth: "Bearer tok", ContentType: "application/dicom", Body: "DICM"},
-		{Method: "POST", Path: "/fhir/R4/Device", Auth: "Bearer tok", ContentType: "application/fhir+json", Body: `{"resourceType":"Device"}`},
+		{Method: "POST", Path: "/fhir/R4/Binary", Auth: "Bearer tok", ContentType: "application/dicom", Body: "DICM", Length: 4},
+		{Method: "POST", Path: "/fhir/R4/Device", Auth: "Bearer tok", ContentType: "application/fhir+json", Body: `{"resourceType":"Device"}`, Length: 25},
 	}
 	if diff := cmp.Diff(want, *seen); diff != "" {
 		t.Errorf("requests (-want +got):\n%s", diff)
@@ -125,7 +140,7 @@ func TestClientErrors(t *testing.T) {
 		{
 			name: "binary without id", status: 201, body: `{}`,
 			call: func(c *Client) error {
-				_, err := c.CreateBinary(context.Background(), "x/y", strings.NewReader(""))
+				_, err := c.CreateBinary(context.Background(), "x/y", strings.NewReader(""), 0)
 				return err
 			},
 			wantErr: "POST Binary: response has no id",

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/medplum-agent/medplum-agent/pkg/atomicfile"
 	"github.com/medplum-agent/medplum-agent/pkg/dicom"
 	"github.com/medplum-agent/medplum-agent/pkg/dicom/dimse"
 	"github.com/medplum-agent/medplum-agent/pkg/dicom/internal/dicomtest"
@@ -33,14 +34,14 @@ func fileStore(dir string) func(context.Context, StoreRequest) dimse.Status {
 		if !dicom.ValidUID(req.SOPInstance) {
 			return dimse.StatusCannotUnderstand
 		}
-		err := dicom.WriteFileAtomic(filepath.Join(dir, req.SOPInstance+".dcm"), func(w io.Writer) error {
+		err := atomicfile.Write(filepath.Join(dir, req.SOPInstance+".dcm"), 0o600, dicom.Buffered(func(w io.Writer) error {
 			if err := dicom.WritePart10Header(w, req.SOPClass, req.SOPInstance, req.TransferSyntax,
 				dicom.ImplementationClassUID, dicom.ImplementationVersionName, req.CallingAE); err != nil {
 				return err
 			}
 			_, err := io.Copy(w, req.Data)
 			return err
-		})
+		}))
 		if err != nil {
 			return dimse.StatusOutOfResources
 		}
