@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // maxResponseSize bounds every response body read by Client. Agent-side
@@ -24,7 +25,13 @@ type Client struct {
 	base  string // {baseUrl}fhir/R4/
 	token func(context.Context) (string, error)
 	hc    *http.Client
+	// timeout bounds a request whose context has no deadline; callers
+	// with long transfers (Binary uploads) set their own.
+	timeout time.Duration
 }
+
+// DefaultTimeout bounds a request whose context has no deadline.
+const DefaultTimeout = 30 * time.Second
 
 // NewClient returns a client for the FHIR base under baseURL (which should
 // end with "/"). token is asked for a bearer token before every request;
@@ -36,7 +43,7 @@ func NewClient(baseURL string, token func(context.Context) (string, error), http
 	if httpClient == nil {
 		httpClient = http.DefaultClient
 	}
-	return &Client{base: baseURL + "fhir/R4/", token: token, hc: httpClient}
+	return &Client{base: baseURL + "fhir/R4/", token: token, hc: httpClient, timeout: DefaultTimeout}
 }
 
 // Error is a response with a status other than 2xx.
@@ -137,6 +144,11 @@ func (c *Client) CreateBinary(ctx context.Context, contentType string, r io.Read
 // into.
 func (c *Client) do(ctx context.Context, method, path, contentType string, body io.Reader, size int64, into any) error {
 	fail := func(err error) error { return fmt.Errorf("%s %s: %w", method, path, err) }
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
 	token, err := c.token(ctx)
 	if err != nil {
 		return fail(err)

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -169,5 +170,30 @@ func TestClientTokenError(t *testing.T) {
 	err := c.Read(context.Background(), "Agent", "a", &raw)
 	if err == nil || err.Error() != "GET Agent/a: no token" {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// A request without a deadline gets the client's; one with a deadline of
+// its own (a long upload) keeps it, however long.
+func TestClientTimeout(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-time.After(300 * time.Millisecond):
+		case <-r.Context().Done():
+		}
+		io.WriteString(w, `{"resourceType":"Binary","id":"b1"}`)
+	}))
+	t.Cleanup(srv.Close)
+	c := NewClient(srv.URL+"/", func(context.Context) (string, error) { return "tok", nil }, srv.Client())
+	c.timeout = 50 * time.Millisecond
+	var raw json.RawMessage
+	if err := c.Read(context.Background(), "Agent", "a", &raw); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("without a deadline: err = %v, want the client's timeout", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if id, err := c.CreateBinary(ctx, "application/dicom", strings.NewReader("x"), 1); err != nil || id != "b1" {
+		t.Errorf("with a longer deadline: %q, %v", id, err)
 	}
 }

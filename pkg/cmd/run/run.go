@@ -157,10 +157,12 @@ func runRun(ctx context.Context, opts *Options) error {
 		restart = nil
 	}
 	a, err := agent.New(agent.Options{
-		Config:     cfg,
-		Version:    build.AgentVersion(),
-		TLSConfig:  tlsCfg,
-		HTTPClient: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: tlsCfg}},
+		Config:    cfg,
+		Version:   build.AgentVersion(),
+		TLSConfig: tlsCfg,
+		// No overall timeout: a Binary upload may take minutes. Each request
+		// carries its own deadline (the FHIR and token clients default to 30 s).
+		HTTPClient: &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: tlsCfg}},
 		MainLog:    mainLog,
 		ChannelLog: channelLog.Slog(),
 		// Leave room for the link to flush after exchanges finish.
