@@ -427,9 +427,9 @@ func (s *Store) commitLoop() {
 			return
 		}
 		batch = append(batch[:0], first)
-		open := s.collect(&batch, peak)
+		open, synced := s.collect(&batch, peak)
 		s.runBatch(batch)
-		if synced := countSynced(batch); synced > 0 {
+		if synced > 0 {
 			peak = max(synced, peak-1)
 		}
 		clear(batch)
@@ -444,14 +444,14 @@ func (s *Store) commitLoop() {
 // as many: callers released by the previous commit then join this one
 // instead of alternating with the others in half-size batches. A lone
 // caller, or a batch with nothing to sync, never waits. It reports false
-// once ops is closed and drained.
-func (s *Store) collect(batch *[]*op, target int) bool {
+// once ops is closed and drained, and how many ops of the batch need a sync.
+func (s *Store) collect(batch *[]*op, target int) (bool, int) {
 	target = min(target, maxBatch)
 	for len(*batch) < maxBatch {
 		select {
 		case o, ok := <-s.ops:
 			if !ok {
-				return false
+				return false, countSynced(*batch)
 			}
 			*batch = append(*batch, o)
 			continue
@@ -462,7 +462,7 @@ func (s *Store) collect(batch *[]*op, target int) bool {
 	// Only a sync is worth waiting for company: a relaxed commit is cheap.
 	synced := countSynced(*batch)
 	if s.window <= 0 || synced == 0 || synced >= target {
-		return true
+		return true, synced
 	}
 	t := time.NewTimer(s.window)
 	defer t.Stop()
@@ -470,17 +470,17 @@ func (s *Store) collect(batch *[]*op, target int) bool {
 		select {
 		case o, ok := <-s.ops:
 			if !ok {
-				return false
+				return false, synced
 			}
 			*batch = append(*batch, o)
 			if !o.relaxed && !o.standalone {
 				synced++
 			}
 		case <-t.C:
-			return true
+			return true, synced
 		}
 	}
-	return true
+	return true, synced
 }
 
 // countSynced counts the ops whose commit must be synced.

@@ -50,6 +50,21 @@ func run(t *testing.T, m *fakeManager, args ...string) (stdout, stderr string, c
 	return out.String(), errOut.String(), cmdutil.ExitCode(err)
 }
 
+// expectRun runs the command and checks its output and exit code.
+func expectRun(t *testing.T, m *fakeManager, args []string, wantOut, wantErr string, wantCode int) {
+	t.Helper()
+	out, errOut, code := run(t, m, args...)
+	if code != wantCode {
+		t.Errorf("exit %d, want %d", code, wantCode)
+	}
+	if diff := cmp.Diff(wantOut, out); diff != "" {
+		t.Errorf("stdout (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(wantErr, errOut); diff != "" {
+		t.Errorf("stderr (-want +got):\n%s", diff)
+	}
+}
+
 var running = service.Status{Manager: "systemd", Name: "medplum-agent.service", Installed: true, Enabled: true, Running: true,
 	State: "active (running)", PID: 4242, UnitFile: "/usr/lib/systemd/system/medplum-agent.service", Config: "/etc/medplum-agent/agent.properties"}
 
@@ -100,16 +115,7 @@ func TestStatus(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, errOut, code := run(t, tt.m, append([]string{"status"}, tt.args...)...)
-			if code != tt.wantCode {
-				t.Errorf("exit %d, want %d", code, tt.wantCode)
-			}
-			if diff := cmp.Diff(tt.wantOut, out); diff != "" {
-				t.Errorf("stdout (-want +got):\n%s", diff)
-			}
-			if diff := cmp.Diff(tt.wantErr, errOut); diff != "" {
-				t.Errorf("stderr (-want +got):\n%s", diff)
-			}
+			expectRun(t, tt.m, append([]string{"status"}, tt.args...), tt.wantOut, tt.wantErr, tt.wantCode)
 		})
 	}
 }
@@ -163,16 +169,7 @@ func TestUninstall(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, errOut, code := run(t, tt.m, append([]string{"uninstall"}, tt.args...)...)
-			if code != tt.wantCode {
-				t.Errorf("exit %d, want %d", code, tt.wantCode)
-			}
-			if diff := cmp.Diff(tt.wantOut, out); diff != "" {
-				t.Errorf("stdout (-want +got):\n%s", diff)
-			}
-			if diff := cmp.Diff(tt.wantErr, errOut); diff != "" {
-				t.Errorf("stderr (-want +got):\n%s", diff)
-			}
+			expectRun(t, tt.m, append([]string{"uninstall"}, tt.args...), tt.wantOut, tt.wantErr, tt.wantCode)
 			if diff := cmp.Diff([]service.UninstallOptions{tt.wantOpts}, tt.m.got); diff != "" {
 				t.Errorf("Uninstall calls (-want +got):\n%s", diff)
 			}
